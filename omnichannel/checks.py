@@ -1,0 +1,49 @@
+"""System checks for the host project's configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+from .conf import app_settings
+
+MIDDLEWARE_PATH = "omnichannel.profiles.middleware.VisitorMiddleware"
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
+    problems: list = []
+    unknown = app_settings.unknown_keys()
+    if unknown:
+        problems.append(
+            Error(
+                f"Unknown OMNICHANNEL setting(s): {', '.join(unknown)}.",
+                hint="See omnichannel/conf.py for the settings this version knows.",
+                id="omnichannel.E001",
+            )
+        )
+    region = app_settings.DEFAULT_PHONE_REGION
+    if region is not None:
+        import phonenumbers
+
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            problems.append(
+                Error(
+                    f"OMNICHANNEL['DEFAULT_PHONE_REGION'] = {region!r} is not a region "
+                    "phonenumbers knows.",
+                    hint="Use an ISO 3166-1 alpha-2 code such as 'GB' or 'US', or None.",
+                    id="omnichannel.E002",
+                )
+            )
+    if MIDDLEWARE_PATH not in getattr(settings, "MIDDLEWARE", []):
+        problems.append(
+            Warning(
+                f"{MIDDLEWARE_PATH} is not in MIDDLEWARE: anonymous visitors get no profile "
+                "and their baskets cannot be linked to them when they log in.",
+                hint=f"Add '{MIDDLEWARE_PATH}' after SessionMiddleware.",
+                id="omnichannel.W001",
+            )
+        )
+    return problems

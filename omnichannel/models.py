@@ -1,0 +1,9 @@
+"""One app label, one migration history: every sub-package's models are imported here."""
+
+from .profiles.models import (  # noqa: F401
+    Consent,
+    CustomerProfile,
+    Event,
+    Identity,
+    ProfileMerge,
+)

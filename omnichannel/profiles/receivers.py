@@ -1,0 +1,223 @@
+"""Receivers for Oscar's and Django's signals: each records at most one event row.
+
+Nothing here may break the shop: Oscar sends ``order_placed`` with a plain ``send()``, so an
+exception would abort checkout. Every receiver logs and swallows its errors, and writes in a
+savepoint (see ``recording.record_event``). Nothing here talks to the Celery broker: the event
+row is the queue, folded into profiles by ``omnichannel.profiles.fold_events``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.auth.signals import user_logged_in
+from django.db.models.signals import post_delete, post_init, post_save
+from django.dispatch import receiver
+from oscar.core.loading import get_class, get_model
+
+from ..conf import app_settings
+from . import context
+from .models import EventSource, EventType
+from .recording import order_event, record_event, registration_event, save_event
+
+logger = logging.getLogger("omnichannel.profiles")
+
+BasketLine = get_model("basket", "Line")
+Basket = get_model("basket", "Basket")
+WishListLine = get_model("wishlists", "Line")
+basket_addition = get_class("basket.signals", "basket_addition")
+order_placed = get_class("order.signals", "order_placed")
+product_viewed = get_class("catalogue.signals", "product_viewed")
+user_registered = get_class("customer.signals", "user_registered")
+
+#: The view whose adds are recorded by ``basket_addition`` rather than by the line's post_save.
+BASKET_ADD_VIEW_NAME = "basket:add"
+
+
+def never_raises(func: Callable[..., None]) -> Callable[..., None]:
+    """Log and swallow any exception: our bookkeeping must never break the shop."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            func(*args, **kwargs)
+        except Exception:  # deliberate (see the module docstring)
+            logger.exception("omnichannel receiver %s failed; the shop carries on", func.__name__)
+
+    return wrapper
+
+
+def _visitor_key() -> str:
+    ctx = context.get_current()
+    return ctx.visitor_key if ctx else ""
+
+
+def _in_basket_add_view() -> bool:
+    ctx = context.get_current()
+    match = getattr(ctx.request, "resolver_match", None) if ctx else None
+    return match is not None and match.view_name == BASKET_ADD_VIEW_NAME
+
+
+def _request_user() -> Any:
+    ctx = context.get_current()
+    return getattr(ctx.request, "user", None) if ctx else None
+
+
+def _positive_int(value: Any, default: int = 1) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return default
+    return number if number > 0 else default
+
+
+@receiver(basket_addition, dispatch_uid="omnichannel.basket_addition")
+@never_raises
+def receive_basket_addition(sender: Any, product: Any, user: Any, request: Any, **kwargs: Any):
+    basket = getattr(request, "basket", None)
+    record_event(
+        EventType.BASKET_LINE_ADDED,
+        user=user,
+        visitor_key=getattr(request, "omnichannel_visitor_key", "") or _visitor_key(),
+        basket_id=getattr(basket, "pk", None),
+        product_id=product.pk,
+        payload={"quantity": _positive_int(request.POST.get("quantity"))},
+    )
+
+
+@receiver(post_init, sender=BasketLine, dispatch_uid="omnichannel.basket_line_init")
+def remember_loaded_quantity(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # Lets post_save tell a real quantity change from any other save of the line, no query.
+    instance._omnichannel_quantity = instance.quantity
+
+
+@receiver(post_save, sender=BasketLine, dispatch_uid="omnichannel.basket_line_saved")
+@never_raises
+def receive_basket_line_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    if kwargs.get("raw"):
+        return
+    previous = None if created else instance._omnichannel_quantity
+    instance._omnichannel_quantity = instance.quantity
+    if previous == instance.quantity or _in_basket_add_view():
+        return  # nothing changed, or basket_addition records it with the request's context
+    basket = instance.basket
+    record_event(
+        EventType.BASKET_LINE_ADDED if created else EventType.BASKET_LINE_CHANGED,
+        user=basket.owner if basket.owner_id else _request_user(),
+        visitor_key=_visitor_key(),
+        basket_id=instance.basket_id,
+        product_id=instance.product_id,
+        payload={"quantity": instance.quantity, "previous_quantity": previous or 0},
+    )
+
+
+@receiver(post_delete, sender=BasketLine, dispatch_uid="omnichannel.basket_line_deleted")
+@never_raises
+def receive_basket_line_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    basket = Basket._default_manager.filter(pk=instance.basket_id).only("owner_id").first()
+    record_event(
+        EventType.BASKET_LINE_REMOVED,
+        user=basket.owner if basket and basket.owner_id else _request_user(),
+        visitor_key=_visitor_key(),
+        basket_id=basket.pk if basket else None,
+        product_id=instance.product_id,
+        payload={"quantity": instance.quantity},
+    )
+
+
+@receiver(post_init, sender=Basket, dispatch_uid="omnichannel.basket_init")
+def remember_loaded_status(sender: Any, instance: Any, **kwargs: Any) -> None:
+    instance._omnichannel_status = instance.status
+
+
+@receiver(post_save, sender=Basket, dispatch_uid="omnichannel.basket_saved")
+@never_raises
+def receive_basket_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    previous = instance._omnichannel_status
+    instance._omnichannel_status = instance.status
+    if kwargs.get("raw") or instance.status != Basket.SUBMITTED or previous == Basket.SUBMITTED:
+        return
+    ctx = context.get_current()
+    if ctx and instance.pk in ctx.ordered_basket_ids:
+        return  # the order_placed event of this request already says the basket was submitted
+    record_event(
+        EventType.BASKET_SUBMITTED,
+        user=instance.owner if instance.owner_id else None,
+        visitor_key=_visitor_key(),
+        basket_id=instance.pk,
+    )
+
+
+@receiver(order_placed, dispatch_uid="omnichannel.order_placed")
+@never_raises
+def receive_order_placed(sender: Any, order: Any, user: Any, **kwargs: Any) -> None:
+    if kwargs.get("raw"):
+        return
+    save_event(order_event(order, visitor_key=_visitor_key()))
+    ctx = context.get_current()
+    if ctx and order.basket_id:
+        ctx.ordered_basket_ids.add(order.basket_id)
+
+
+@receiver(post_save, sender=WishListLine, dispatch_uid="omnichannel.wishlist_line_saved")
+@never_raises
+def receive_wishlist_line_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    if kwargs.get("raw") or not created:
+        return
+    record_event(
+        EventType.WISHLIST_LINE_ADDED,
+        user=instance.wishlist.owner,
+        visitor_key=_visitor_key(),
+        product_id=instance.product_id,
+        payload={"wishlist_id": instance.wishlist_id, "title": instance.title},
+    )
+
+
+@receiver(post_delete, sender=WishListLine, dispatch_uid="omnichannel.wishlist_line_deleted")
+@never_raises
+def receive_wishlist_line_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    record_event(
+        EventType.WISHLIST_LINE_REMOVED,
+        user=_request_user(),
+        visitor_key=_visitor_key(),
+        product_id=instance.product_id,
+        payload={"wishlist_id": instance.wishlist_id, "title": instance.title},
+    )
+
+
+@receiver(user_registered, dispatch_uid="omnichannel.user_registered")
+@never_raises
+def receive_user_registered(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    key = getattr(request, "omnichannel_visitor_key", "") or _visitor_key()
+    save_event(registration_event(user, visitor_key=key))
+
+
+@receiver(user_logged_in, dispatch_uid="omnichannel.user_logged_in")
+@never_raises
+def receive_user_logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    # Django's signal, not Oscar's: it fires for every login (checkout, account page, admin).
+    key = getattr(request, "omnichannel_visitor_key", "") if request is not None else ""
+    email = getattr(user, "email", "")
+    record_event(
+        EventType.USER_LOGGED_IN,
+        source=EventSource.WEB,
+        user=user,
+        visitor_key=key or _visitor_key(),
+        identities={"email": email} if email else {},
+    )
+
+
+@receiver(product_viewed, dispatch_uid="omnichannel.product_viewed")
+@never_raises
+def receive_product_viewed(sender: Any, product: Any, user: Any, request: Any, **kwargs: Any):
+    if not app_settings.RECORD_PRODUCT_VIEWS:
+        return
+    record_event(
+        EventType.PRODUCT_VIEWED,
+        user=user,
+        visitor_key=getattr(request, "omnichannel_visitor_key", "") or _visitor_key(),
+        product_id=product.pk,
+    )

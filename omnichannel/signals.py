@@ -1,0 +1,16 @@
+"""Signals the app sends: public API for host projects (arguments listed per signal)."""
+
+from django.dispatch import Signal
+
+#: Two profiles are about to become one; receivers may resolve rows of their own models that a
+#: plain move would make collide with a unique constraint.
+#: provides args: survivor, merged, reason
+profiles_merging = Signal()
+
+#: Two profiles became one (after every row moved to the survivor).
+#: provides args: survivor, merged_id, merged_uuid, reason
+profiles_merged = Signal()
+
+#: A batch of events was folded into profiles.
+#: provides args: events (list of Event), profile_ids (set of int)
+events_folded = Signal()

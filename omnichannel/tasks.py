@@ -1,0 +1,22 @@
+"""Celery tasks: thin shells over plain functions. Names are stable (beat stores them)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.utils import timezone
+
+from .conf import app_settings
+
+FOLD_EVENTS_TASK = "omnichannel.profiles.fold_events"
+
+
+@shared_task(name=FOLD_EVENTS_TASK, ignore_result=True)
+def fold_events_task() -> int:
+    """Fold unprocessed events into profiles (run by beat every EVENT_FOLD_INTERVAL seconds)."""
+    from .profiles.identity import fold_pending_events
+
+    return fold_pending_events(
+        now=timezone.now(),
+        batch_size=app_settings.EVENT_BATCH_SIZE,
+        max_batches=app_settings.EVENT_MAX_BATCHES_PER_RUN,
+    )

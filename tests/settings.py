@@ -1,0 +1,21 @@
+"""Test settings: the demo shop's settings, so what is tested is what the demo runs.
+
+DATABASE_URL picks the database (SQLite file by default, PostgreSQL in CI's second pass).
+"""
+
+import os
+
+os.environ.setdefault("OMNICHANNEL_VAR_DIR", os.path.join(os.path.dirname(__file__), "..", "var", "test"))
+
+from sandbox.settings import *  # noqa: E402, F403
+from sandbox.settings import DATABASES, VAR_DIR  # noqa: E402
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not :memory:, so a Celery worker started by a test sees the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "memory://")
+CELERY_TASK_ALWAYS_EAGER = False
+LOGGING = {"version": 1, "disable_existing_loggers": False}
