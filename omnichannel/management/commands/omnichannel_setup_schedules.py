@@ -1,0 +1,44 @@
+"""Create or update the app's periodic tasks in django-celery-beat (only the rows it owns)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from ...conf import app_settings
+from ...tasks import FOLD_EVENTS_TASK
+
+#: name of the PeriodicTask row -> (task name, interval in seconds)
+PREFIX = "omnichannel: "
+
+
+def schedules() -> dict[str, tuple[str, int]]:
+    return {
+        f"{PREFIX}fold events into profiles": (
+            FOLD_EVENTS_TASK,
+            int(app_settings.EVENT_FOLD_INTERVAL),
+        ),
+    }
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or update the periodic tasks of django-oscar-omnichannel in django-celery-beat's "
+        "database scheduler. Rows of other apps are left alone."
+    )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        for name, (task, seconds) in schedules().items():
+            if seconds < 1:
+                self.stderr.write(self.style.ERROR(f"{name}: interval must be at least 1 second"))
+                raise SystemExit(2)
+            interval, _ = IntervalSchedule.objects.get_or_create(
+                every=seconds, period=IntervalSchedule.SECONDS
+            )
+            _, created = PeriodicTask.objects.update_or_create(
+                name=name, defaults={"task": task, "interval": interval, "enabled": True}
+            )
+            verb = "created" if created else "updated"
+            self.stdout.write(f"{verb}: {name} ({task}, every {seconds} s)")
