@@ -1,0 +1,6 @@
+"""Django admin of the omnichannel app (autodiscovered by ``django.contrib.admin``).
+
+Each sub-module registers the admins of one part of the app.
+"""
+
+from . import profiles  # noqa: F401  (registers the profile admins)
