@@ -128,6 +128,18 @@ class _Resolver:
                 target = self.find(self.owner[key])
                 if target not in found:
                     found.append(target)
+        if keys[0][0] == IdentityKind.USER:
+            # An event of a signed-in user never joins another account's profile (a shared
+            # tablet's visitor key stays with whoever used it first).
+            event_user = int(keys[0][1])
+            others = [t for t in found if self.user_id(t) not in (None, event_user)]
+            if others:
+                logger.warning(
+                    "event %s of user %s names identities of two user accounts: not merged",
+                    event.pk,
+                    event_user,
+                )
+                found = [t for t in found if t not in others]
         if not found:
             target = _NewProfile()
             self.new_profiles.append(target)
