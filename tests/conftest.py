@@ -38,3 +38,35 @@ def redis_url() -> str:
     url = os.environ.get("OMNICHANNEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     require(_port_open("127.0.0.1", 6379), "needs Redis at 127.0.0.1:6379")
     return url
+
+
+# --- Added for tests/integration/ (CI): point the demo shop's Celery app at another broker for
+# one test, and put the original configuration back when the test ends. ----------------------
+def _drop_celery_connection_pools(app) -> None:
+    # The app caches its connection and producer pools (built from broker_url on first use);
+    # drop them so the next send uses the new URL, as Celery itself does after a fork.
+    if app._pool is not None:
+        app._pool.force_close_all(close_pool=False)
+    app._pool = None
+    if "amqp" in app.__dict__:
+        app.__dict__["amqp"]._producer_pool = None
+
+
+@pytest.fixture
+def celery_broker():
+    """``use(url, **conf)`` points ``sandbox.celery.app`` at ``url`` until the test ends."""
+    from sandbox.celery import app
+
+    saved: dict[str, object] = {}
+
+    def use(url: str, **conf: object):
+        for key, value in {"broker_url": url, **conf}.items():
+            saved.setdefault(key, app.conf[key])
+            app.conf[key] = value
+        _drop_celery_connection_pools(app)
+        return app
+
+    yield use
+    for key, value in saved.items():
+        app.conf[key] = value
+    _drop_celery_connection_pools(app)

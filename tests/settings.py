@@ -5,10 +5,12 @@ DATABASE_URL picks the database (SQLite file by default, PostgreSQL in CI's seco
 
 import os
 
-os.environ.setdefault("OMNICHANNEL_VAR_DIR", os.path.join(os.path.dirname(__file__), "..", "var", "test"))
+os.environ.setdefault(
+    "OMNICHANNEL_VAR_DIR", os.path.join(os.path.dirname(__file__), "..", "var", "test")
+)
 
-from sandbox.settings import *  # noqa: E402, F403
-from sandbox.settings import DATABASES, VAR_DIR  # noqa: E402
+from sandbox.settings import *  # noqa: F403
+from sandbox.settings import DATABASES, VAR_DIR
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so a Celery worker started by a test sees the same database.
@@ -19,3 +21,9 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "memory://")
 CELERY_TASK_ALWAYS_EAGER = False
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# Added for tests/integration/test_celery_worker.py: the Celery worker that test starts uses
+# these settings too, and must open the test database of the pytest run that started it (the
+# SQLite file above, or test_<NAME> on PostgreSQL), not the database the URL names.
+if os.environ.get("OMNICHANNEL_WORKER_DATABASE_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["OMNICHANNEL_WORKER_DATABASE_NAME"]
