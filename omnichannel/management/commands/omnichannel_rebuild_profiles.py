@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from oscar.core.loading import get_model
@@ -45,10 +45,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        batch_size = options["batch_size"] or app_settings.EVENT_BATCH_SIZE
+        batch_size = options["batch_size"]
+        if batch_size is None:
+            batch_size = app_settings.EVENT_BATCH_SIZE
         if batch_size < 1:
-            self.stderr.write(self.style.ERROR("--batch-size must be at least 1"))
-            raise SystemExit(2)
+            raise CommandError(f"--batch-size must be at least 1, not {batch_size}")
         show = options["verbosity"] >= 1
         started = time.monotonic()
 

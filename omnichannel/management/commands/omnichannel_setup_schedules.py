@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from ...conf import app_settings
@@ -32,8 +32,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         for name, (task, seconds) in schedules().items():
             if seconds < 1:
-                self.stderr.write(self.style.ERROR(f"{name}: interval must be at least 1 second"))
-                raise SystemExit(2)
+                raise CommandError(f"{name}: interval must be at least 1 second, not {seconds}")
             interval, _ = IntervalSchedule.objects.get_or_create(
                 every=seconds, period=IntervalSchedule.SECONDS
             )

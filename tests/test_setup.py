@@ -1,0 +1,49 @@
+"""Settings, system checks and the beat schedule command."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from omnichannel.conf import app_settings
+from omnichannel.tasks import FOLD_EVENTS_TASK
+
+
+def check_ids() -> set[str]:
+    return {message.id for message in run_checks()}
+
+
+def test_settings_are_read_lazily_and_follow_overrides(settings):
+    settings.OMNICHANNEL = {"EVENT_BATCH_SIZE": 7}
+    assert app_settings.EVENT_BATCH_SIZE == 7
+    settings.OMNICHANNEL = {}
+    assert app_settings.EVENT_BATCH_SIZE == 1000
+    with pytest.raises(AttributeError, match="Unknown omnichannel setting"):
+        app_settings.NO_SUCH_THING  # noqa: B018
+
+
+def test_system_checks_name_bad_settings(settings):
+    assert not {"omnichannel.E001", "omnichannel.E002", "omnichannel.W001"} & check_ids()
+    settings.OMNICHANNEL = {"DEFAULT_PHONE_REGION": "XX", "TYPO_SETTING": 1}
+    assert {"omnichannel.E001", "omnichannel.E002"} <= check_ids()
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "omnichannel" not in m]
+    assert "omnichannel.W001" in check_ids()
+
+
+@pytest.mark.django_db
+def test_setup_schedules_creates_and_updates_only_its_own_rows(settings):
+    every_minute = IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="someone else's", task="other.task", interval=every_minute)
+    out = StringIO()
+    call_command("omnichannel_setup_schedules", stdout=out)
+    task = PeriodicTask.objects.get(task=FOLD_EVENTS_TASK)
+    assert task.interval.every == app_settings.EVENT_FOLD_INTERVAL
+    settings.OMNICHANNEL = {"EVENT_FOLD_INTERVAL": 30}
+    call_command("omnichannel_setup_schedules", stdout=out)
+    assert PeriodicTask.objects.get(task=FOLD_EVENTS_TASK).interval.every == 30
+    assert PeriodicTask.objects.filter(name="someone else's").exists()
+    assert "updated" in out.getvalue()
