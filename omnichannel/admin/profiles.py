@@ -352,7 +352,7 @@ class CustomerProfileAdmin(admin.ModelAdmin):
     inlines = [IdentityInline, ConsentInline]
     readonly_fields = (
         "uuid",
-        "user",
+        "user_account",
         "created_at",
         *AGGREGATE_READONLY,
         "current_consents",
@@ -360,7 +360,7 @@ class CustomerProfileAdmin(admin.ModelAdmin):
         "merge_history",
     )
     fieldsets = (
-        (None, {"fields": ("uuid", "user", "first_name", "last_name", "created_at")}),
+        (None, {"fields": ("uuid", "user_account", "first_name", "last_name", "created_at")}),
         (
             _("Aggregates (recomputed from the event log, read-only)"),
             {"fields": AGGREGATE_READONLY},
@@ -410,6 +410,17 @@ class CustomerProfileAdmin(admin.ModelAdmin):
         return ", ".join(str(_SOURCE_LABELS[source]) for source in obj.sources) or EMPTY
 
     # --- profile page ---------------------------------------------------------------------------
+
+    @admin.display(description=_("user account"))
+    def user_account(self, obj: CustomerProfile) -> SafeString:
+        user = obj.user
+        if user is None:
+            return format_html("{}", _("None (never registered)"))
+        url = _admin_url(user, "change", user.pk, site_name=self.admin_site.name)
+        email = getattr(user, "email", "")
+        username = user.get_username()
+        text = format_html("{} ({})", email, username) if email else username
+        return _link(url, text)
 
     @admin.display(description=_("current consent"))
     def current_consents(self, obj: CustomerProfile) -> SafeString:
@@ -610,7 +621,7 @@ class EventAdmin(ReadOnlyModelAdmin):
         "type_label",
         "source",
         "profile_link",
-        "visitor_key",
+        "visitor",
         "product_title",
         "order_number",
         "amount_display",
@@ -623,6 +634,7 @@ class EventAdmin(ReadOnlyModelAdmin):
     date_hierarchy = "occurred_at"
     ordering = ("-occurred_at", "-pk")
     show_full_result_count = False  # the log is large: one COUNT per page is enough
+    show_facets = admin.ShowFacets.NEVER  # a COUNT per filter choice is too much for the log
     list_per_page = 100
 
     def get_search_results(self, request, queryset, search_term):
@@ -636,6 +648,14 @@ class EventAdmin(ReadOnlyModelAdmin):
         if public_id is not None:
             condition |= Q(profile__uuid=public_id)
         return queryset.filter(condition), False
+
+    @admin.display(description=_("visitor"), ordering="visitor_key", empty_value=EMPTY)
+    def visitor(self, obj: Event) -> SafeString | None:
+        key = obj.visitor_key
+        if not key:
+            return None
+        short = f"{key[:8]}\u2026" if len(key) > 9 else key
+        return format_html('<span title="{}">{}</span>', key, short)
 
     @admin.display(description=_("type"), ordering="type")
     def type_label(self, obj: Event) -> str:
