@@ -40,7 +40,7 @@ if "$PY" manage.py help omnichannel_setup_schedules >/dev/null 2>&1; then
     "$PY" manage.py omnichannel_setup_schedules
 fi
 
-PIDS=()
+PIDS=()  # started in the background; the EXIT trap stops them all
 any_alive() {
     local pid
     for pid in "${PIDS[@]}"; do
@@ -52,7 +52,7 @@ cleanup() {
     trap - EXIT INT TERM
     if ((${#PIDS[@]})) && any_alive; then
         echo
-        echo "Stopping the Celery worker and beat..."
+        echo "Stopping the web server, the Celery worker and beat..."
         kill -TERM "${PIDS[@]}" 2>/dev/null || true
         # A warm shutdown lets the worker finish its task; give up after 15 s.
         for _ in $(seq 30); do
@@ -99,5 +99,11 @@ cat <<EOF
 
 EOF
 
-# Not exec: the trap above must still stop Celery when the server exits.
-"$PY" manage.py runserver "127.0.0.1:$PORT"
+# In the background with `wait`, not in the foreground: bash runs a trap only once the
+# foreground command is over, and Ctrl-C or a TERM to this script must stop everything at once.
+"$PY" manage.py runserver "127.0.0.1:$PORT" &
+SERVER=$!
+PIDS+=("$SERVER")
+status=0
+wait "$SERVER" || status=$?
+exit "$status"

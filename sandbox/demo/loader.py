@@ -14,10 +14,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.apps import apps
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.contrib.sites.models import Site
 from django.core.files.base import ContentFile
+from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -94,6 +96,9 @@ class DemoLoader:
     # --- helpers ---------------------------------------------------------------------------
 
     def at(self, moment: Moment) -> datetime:
+        if moment.hours_ago is not None:
+            delta = timedelta(hours=moment.hours_ago, minutes=moment.minute, seconds=moment.second)
+            return (self.now - delta).replace(microsecond=0)
         day = self.now - timedelta(days=moment.days_ago)
         return day.replace(
             hour=moment.hour, minute=moment.minute, second=moment.second, microsecond=0
@@ -116,6 +121,7 @@ class DemoLoader:
             self.load_countries()
             self.load_catalogue()
             self.load_customers()
+            self.update_search_index()
         self.fold()
         return self.created
 
@@ -394,6 +400,14 @@ class DemoLoader:
         when = (self.now - timedelta(hours=plan.open_basket_hours_ago)).replace(microsecond=0)
         self._backdate_basket(basket, when)
         self.created["open baskets"] += 1
+
+    def update_search_index(self) -> None:
+        """Index the catalogue for search backends that keep an index (not the simple one)."""
+        engine = settings.HAYSTACK_CONNECTIONS.get("default", {}).get("ENGINE", "")
+        if not engine or engine.endswith("simple_backend.SimpleEngine"):
+            return
+        call_command("update_index", remove=True, verbosity=0)
+        self.log(f"search index updated ({engine.rsplit('.', 1)[-1]})")
 
     def fold(self) -> None:
         if not omnichannel_installed():

@@ -20,12 +20,16 @@ HISTORY_DAYS = 548
 
 @dataclass(frozen=True)
 class Moment:
-    """A time relative to the run: ``days_ago`` days before today, at hour:minute (UTC)."""
+    """A time relative to the run: ``days_ago`` days before today, at hour:minute (UTC).
+
+    With ``hours_ago`` it is that many hours (and minute:second) before the run instead.
+    """
 
     days_ago: int
     hour: int
     minute: int
     second: int = 0
+    hours_ago: int | None = None
 
 
 @dataclass
@@ -122,6 +126,13 @@ def customer_plan(seed: int, index: int, n_products: int, taken: set[str]) -> Cu
         plan.orders.append(
             OrderPlan(order_number(index, k), _moment(rng, days), _lines(rng, n_products))
         )
+        k += 1
+
+    if rng.random() < 0.12:
+        # Bought again today: the dashboard's "last 24 hours" is not empty.
+        hours = rng.randint(1, 20)
+        recent = Moment(0, 0, rng.randint(0, 59), rng.randint(0, 59), hours_ago=hours)
+        plan.orders.append(OrderPlan(order_number(index, k), recent, _lines(rng, n_products)))
         k += 1
 
     if rng.random() < 0.3:
