@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Model, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, Model, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils import formats, timezone
@@ -346,7 +346,7 @@ class CustomerProfileAdmin(admin.ModelAdmin):
     search_help_text = _(
         "Email, phone (any format), loyalty card, device or visitor key, name or account email."
     )
-    ordering = ("-last_seen_at", "-pk")
+    ordering = (F("last_seen_at").desc(nulls_last=True), "-pk")  # never seen: at the end
     list_per_page = 50
     actions = ["recompute_aggregates"]
     inlines = [IdentityInline, ConsentInline]

@@ -462,3 +462,31 @@ def test_identity_admin_search_and_merge_admin(staff):
     change = reverse("admin:omnichannel_profilemerge_change", args=[merge.pk])
     assert 'name="_save"' not in staff.get(change).content.decode()
     assert staff.get(reverse("admin:omnichannel_profilemerge_add")).status_code == 403
+
+
+def test_superuser_may_erase_a_profile_with_its_events_and_merges(staff):
+    shopper(1, email="ada@example.com", order="10.00")
+    shopper(2, card="CARD-1")
+    fold()
+    ada = profile_of(IdentityKind.EMAIL, "ada@example.com")
+    merge_profiles(ada, profile_of(IdentityKind.LOYALTY_CARD, "CARD-1"), reason="same person")
+    delete = reverse("admin:omnichannel_customerprofile_delete", args=[ada.pk])
+
+    confirm = staff.get(delete)
+    assert confirm.status_code == 200
+    assert not confirm.context["perms_lacking"]
+    assert staff.post(delete, {"post": "yes"}).status_code == 302
+
+    assert not CustomerProfile.objects.exists()
+    assert not Event.objects.exists()
+    assert not Identity.objects.exists()
+    assert not ProfileMerge.objects.exists()
+
+
+def test_profiles_never_seen_come_last(staff):
+    shopper(1, email="ada@example.com")
+    fold()
+    never = CustomerProfile.objects.create()
+    ada = profile_of(IdentityKind.EMAIL, "ada@example.com")
+
+    assert [p.pk for p in listed(staff.get(PROFILES))] == [ada.pk, never.pk]
