@@ -387,20 +387,15 @@ def report_rebuild(r: dict) -> None:
     fold_agg = phases.get("fold.aggregates", 0.0)
     aggregates = phases.get("aggregates", 0.0)
     rows = [
-        ("backfill (users + orders -> events)", backfill, profiles),
-        ("  of which users", phases.get("backfill.users", 0.0), r["users"]),
-        ("  of which orders", phases.get("backfill.orders", 0.0), r["orders"]),
-        ("fold (events -> profiles)", fold, profiles),
-        ("  of which per-batch aggregates", fold_agg, profiles),
-        ("aggregates (full recompute)", aggregates, profiles),
+        ("backfill (users + orders -> events)", backfill, profiles, "profiles"),
+        ("  of which users", phases.get("backfill.users", 0.0), r["users"], "users"),
+        ("  of which orders", phases.get("backfill.orders", 0.0), r["orders"], "orders"),
+        ("fold (events -> profiles)", fold, profiles, "profiles"),
+        ("  of which per-batch aggregates", fold_agg, profiles, "profiles"),
+        ("aggregates (full recompute)", aggregates, profiles, "profiles"),
     ]
-    for label, seconds, count in rows:
+    for label, seconds, count, unit in rows:
         rate = count / seconds if seconds else float("inf")
-        unit = (
-            "orders"
-            if "orders" in label and "of which" in label
-            else ("users" if "users" in label else "profiles")
-        )
         log(f"    {label:38}{seconds:9.1f} s  {rate:10,.0f} {unit}/s")
     other = r["total_s"] - backfill - fold - aggregates
     log(f"    {'other (counts)':38}{other:9.1f} s")
