@@ -198,7 +198,11 @@ def receive_user_registered(sender: Any, request: Any, user: Any, **kwargs: Any)
 @receiver(user_logged_in, dispatch_uid="omnichannel.user_logged_in")
 @never_raises
 def receive_user_logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    # Django's signal, not Oscar's: it fires for every login (checkout, account page, admin).
+    # Django's signal, not Oscar's: it fires for every login (checkout, account page), but a
+    # login to the admin site is staff at work, not a customer's visit.
+    match = getattr(request, "resolver_match", None)
+    if match is not None and match.app_name == "admin":
+        return
     key = getattr(request, "omnichannel_visitor_key", "") if request is not None else ""
     email = getattr(user, "email", "")
     record_event(

@@ -182,6 +182,7 @@ def test_staff_find_a_new_customer_and_their_whole_journey(browser, live_server,
     admin.screenshot(path=str(SCREENSHOTS / "admin_events.png"), full_page=True)
     staff.close()
 
-    # Still one profile: the staff login made an event, but nothing folded it into the customer.
+    # Still one profile, and the staff login to the admin site recorded nothing.
     assert CustomerProfile.objects.count() == 1
+    assert not Event.objects.filter(processed_at__isnull=True).exists()
     assert profile.identities.filter(kind=IdentityKind.VISITOR, value=visitor).exists()

@@ -97,3 +97,12 @@ def test_a_basket_submitted_without_an_order_gets_its_own_event(django_user_mode
     basket.save()
     event = Event.objects.get(type=EventType.BASKET_SUBMITTED)
     assert (event.basket_id, event.user_id) == (basket.pk, user.pk)
+
+
+def test_a_login_to_the_admin_site_is_not_a_customer_visit(client, django_user_model):
+    django_user_model.objects.create_superuser("boss", "boss@example.com", "pw-123456")
+    response = client.post(
+        reverse("admin:login"), {"username": "boss", "password": "pw-123456", "next": "/admin/"}
+    )
+    assert response.status_code == 302
+    assert not Event.objects.exists()
