@@ -54,8 +54,9 @@ cleanup() {
         echo
         echo "Stopping the web server, the Celery worker and beat..."
         kill -TERM "${PIDS[@]}" 2>/dev/null || true
-        # A warm shutdown lets the worker finish its task; give up after 15 s.
-        for _ in $(seq 30); do
+        # A warm shutdown lets the worker finish its task (it takes a few seconds on the
+        # filesystem broker); give up after 30 s.
+        for _ in $(seq 60); do
             any_alive || break
             sleep 0.5
         done
