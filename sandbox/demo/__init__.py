@@ -1,0 +1,1 @@
+"""Demo data of the sandbox shop (see the sandbox_load_demo command)."""
