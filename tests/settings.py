@@ -27,3 +27,7 @@ LOGGING = {"version": 1, "disable_existing_loggers": False}
 # SQLite file above, or test_<NAME> on PostgreSQL), not the database the URL names.
 if os.environ.get("OMNICHANNEL_WORKER_DATABASE_NAME"):
     DATABASES["default"]["NAME"] = os.environ["OMNICHANNEL_WORKER_DATABASE_NAME"]
+
+# Tests do not browse the catalogue through search: no index to write on every product save.
+HAYSTACK_CONNECTIONS = {"default": {"ENGINE": "haystack.backends.simple_backend.SimpleEngine"}}
+HAYSTACK_SIGNAL_PROCESSOR = "haystack.signals.BaseSignalProcessor"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.http import HttpRequest
 
@@ -12,8 +12,6 @@ from django.http import HttpRequest
 class RequestContext:
     request: HttpRequest
     visitor_key: str
-    #: Baskets whose order this request has recorded: their submission needs no event of its own.
-    ordered_basket_ids: set[int] = field(default_factory=set)
 
 
 current: ContextVar[RequestContext | None] = ContextVar("omnichannel_request", default=None)

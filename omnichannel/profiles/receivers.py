@@ -27,6 +27,7 @@ logger = logging.getLogger("omnichannel.profiles")
 
 BasketLine = get_model("basket", "Line")
 Basket = get_model("basket", "Basket")
+Order = get_model("order", "Order")
 WishListLine = get_model("wishlists", "Line")
 basket_addition = get_class("basket.signals", "basket_addition")
 order_placed = get_class("order.signals", "order_placed")
@@ -140,9 +141,8 @@ def receive_basket_saved(sender: Any, instance: Any, created: bool, **kwargs: An
     instance._omnichannel_status = instance.status
     if kwargs.get("raw") or instance.status != Basket.SUBMITTED or previous == Basket.SUBMITTED:
         return
-    ctx = context.get_current()
-    if ctx and instance.pk in ctx.ordered_basket_ids:
-        return  # the order_placed event of this request already says the basket was submitted
+    if Order._default_manager.filter(basket_id=instance.pk).exists():
+        return  # its order_placed event already says the basket was submitted
     record_event(
         EventType.BASKET_SUBMITTED,
         user=instance.owner if instance.owner_id else None,
@@ -157,9 +157,6 @@ def receive_order_placed(sender: Any, order: Any, user: Any, **kwargs: Any) -> N
     if kwargs.get("raw"):
         return
     save_event(order_event(order, visitor_key=_visitor_key()))
-    ctx = context.get_current()
-    if ctx and order.basket_id:
-        ctx.ordered_basket_ids.add(order.basket_id)
 
 
 @receiver(post_save, sender=WishListLine, dispatch_uid="omnichannel.wishlist_line_saved")
