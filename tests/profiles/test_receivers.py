@@ -64,7 +64,9 @@ def test_login_and_wishlist_add_and_remove(client, django_user_model):
     wishlist = WishList.objects.get(owner=user)
     line = wishlist.lines.get()
     response = client.post(
-        reverse("customer:wishlists-remove-product", args=[wishlist.key, line.pk])
+        reverse(
+            "customer:wishlists-remove-product", kwargs={"key": wishlist.key, "line_pk": line.pk}
+        )
     )
     assert response.status_code == 302
     assert list(Event.objects.order_by("pk").values_list("type", flat=True)) == [
