@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -164,7 +165,11 @@ def run_script(script: str, args: list[str], env: dict[str, str], *, label: str)
     proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
-        raise BenchError(f"{label} failed (exit {proc.returncode}):\n{tail}")
+        if proc.returncode < 0:
+            how = f"was killed by {signal.Signals(-proc.returncode).name} from outside the bench"
+        else:
+            how = f"failed (exit {proc.returncode})"
+        raise BenchError(f"{label} {how}:\n{tail}".rstrip())
     if proc.stderr.strip():
         # Warnings only; show them so nothing is hidden, but keep the report readable.
         for line in proc.stderr.strip().splitlines()[-5:]:
