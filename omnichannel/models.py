@@ -6,4 +6,5 @@ from .profiles.models import (  # noqa: F401
     Event,
     Identity,
     ProfileMerge,
+    PurchasedCategory,
 )

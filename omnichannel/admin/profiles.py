@@ -323,7 +323,7 @@ AGGREGATE_READONLY = (
     "registered_at",
     "sources_display",
     "devices_count",
-    "categories_bought",
+    "purchased_categories_display",
     "aggregates_updated_at",
 )
 
@@ -410,6 +410,19 @@ class CustomerProfileAdmin(admin.ModelAdmin):
         return ", ".join(str(_SOURCE_LABELS[source]) for source in obj.sources) or EMPTY
 
     # --- profile page ---------------------------------------------------------------------------
+
+    @admin.display(description=_("categories bought"))
+    def purchased_categories_display(self, obj: CustomerProfile) -> SafeString:
+        rows = obj.purchased_categories.select_related("category").order_by("-last_bought_at")
+        items = [
+            (row.category.full_name, row.orders_count, _when(row.last_bought_at)) for row in rows
+        ]
+        if not items:
+            return format_html("{}", EMPTY)
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join("", "<li>{} ({} orders, last {})</li>", items),
+        )
 
     @admin.display(description=_("user account"))
     def user_account(self, obj: CustomerProfile) -> SafeString:

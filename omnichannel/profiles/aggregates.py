@@ -1,4 +1,11 @@
-"""Profile aggregates recomputed from the event log, a fixed number of queries per chunk."""
+"""Profile aggregates recomputed from the event log: set-based SQL, a fixed number of queries.
+
+The scalar aggregates are one ``UPDATE ... SET field = (correlated subquery)`` per chunk of
+profiles, so the work happens in the database and nothing is built row by row in Python (an
+ORM ``bulk_update`` of 15 fields costs milliseconds per profile in CASE expressions alone).
+Purchased categories need the order lines in the event payloads: they are computed in Python
+from one query and written with one DELETE and one bulk INSERT per chunk.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,27 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import Count, F, Max, Min, Q, Sum
+from django.contrib.auth import get_user_model
+from django.db.models import (
+    Avg,
+    Case,
+    CharField,
+    Count,
+    DecimalField,
+    Exists,
+    Expression,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce, NullIf, Substr
 from oscar.core.loading import get_model
 
 from .models import (
@@ -18,29 +45,11 @@ from .models import (
     EventType,
     Identity,
     IdentityKind,
+    PurchasedCategory,
 )
 
 CHUNK_SIZE = 2000
-CENT = Decimal("0.01")
-
-AGGREGATE_FIELDS = [
-    "orders_count",
-    "total_spent",
-    "average_order_value",
-    "first_order_at",
-    "last_order_at",
-    "last_seen_at",
-    "last_basket_activity_at",
-    "registered_at",
-    "seen_on_web",
-    "seen_on_app",
-    "seen_offline",
-    "devices_count",
-    "categories_bought",
-    "aggregates_updated_at",
-]
-
-Names = dict[int, tuple[str, str]]
+ZERO = Value(Decimal("0.00"), output_field=DecimalField(max_digits=14, decimal_places=2))
 
 
 def chunked(ids: Iterable[int], size: int = CHUNK_SIZE) -> Iterator[list[int]]:
@@ -54,96 +63,97 @@ def chunked(ids: Iterable[int], size: int = CHUNK_SIZE) -> Iterator[list[int]]:
         yield chunk
 
 
-def refresh_aggregates(
-    profile_ids: Iterable[int], *, now: datetime, names: Names | None = None
-) -> int:
-    """Recompute the aggregate fields of these profiles from their events; return how many.
-
-    ``names`` optionally maps profile ids to a (first, last) name seen in the events, used
-    only where the profile has none yet.
-    """
+def refresh_aggregates(profile_ids: Iterable[int], *, now: datetime) -> int:
+    """Recompute the aggregates of these profiles from their events; return how many."""
     updated = 0
     for chunk in chunked(sorted(set(profile_ids))):
-        updated += _refresh_chunk(chunk, now=now, names=names or {})
+        updated += CustomerProfile.objects.filter(pk__in=chunk).update(**_aggregate_updates(now))
+        _refresh_purchased_categories(chunk)
     return updated
 
 
-def _refresh_chunk(ids: list[int], *, now: datetime, names: Names) -> int:
-    is_order = Q(type=EventType.ORDER_PLACED)
-    stats = {
-        row["profile_id"]: row
-        for row in Event.objects.filter(profile_id__in=ids)
-        .order_by()
-        .values("profile_id")
+def _scalar(queryset: QuerySet, aggregate: Expression) -> Subquery:
+    """One aggregate over a correlated queryset, as a scalar subquery."""
+    return Subquery(
+        queryset.order_by().values("profile_id").annotate(result=aggregate).values("result")[:1]
+    )
+
+
+def _name_from_events(key: str) -> Expression:
+    """Keep the profile's name; fill a blank one from the latest event that gives it."""
+    latest = Subquery(
+        Event.objects.filter(profile=OuterRef("pk"))
         .annotate(
-            orders=Count("id", filter=is_order),
-            spent=Sum("amount", filter=is_order),
-            first_order=Min("occurred_at", filter=is_order),
-            last_order=Max("occurred_at", filter=is_order),
-            last_seen=Max("occurred_at"),
-            last_basket=Max("occurred_at", filter=Q(type__in=BASKET_ACTIVITY_TYPES)),
-            registered=Min("occurred_at", filter=Q(type=EventType.USER_REGISTERED)),
-            web=Count("id", filter=Q(source=EventSource.WEB)),
-            app=Count("id", filter=Q(source=EventSource.APP)),
-            offline=Count("id", filter=Q(source=EventSource.OFFLINE)),
+            name=NullIf(KeyTextTransform(key, "payload"), Value(""), output_field=CharField())
         )
+        .filter(name__isnull=False)
+        .order_by("-occurred_at", "-pk")
+        .values("name")[:1],
+        output_field=CharField(),
+    )
+    return Case(
+        When(**{key: ""}, then=Coalesce(Substr(latest, 1, 150), Value(""))),
+        default=F(key),
+    )
+
+
+def _aggregate_updates(now: datetime) -> dict[str, Expression | datetime]:
+    events = Event.objects.filter(profile=OuterRef("pk"))
+    orders = events.filter(type=EventType.ORDER_PLACED)
+    User = get_user_model()
+    return {
+        "orders_count": Coalesce(_scalar(orders, Count("pk")), 0),
+        "total_spent": Coalesce(_scalar(orders, Sum("amount")), ZERO),
+        "average_order_value": Coalesce(_scalar(orders, Avg(Coalesce("amount", ZERO))), ZERO),
+        "first_order_at": _scalar(orders, Min("occurred_at")),
+        "last_order_at": _scalar(orders, Max("occurred_at")),
+        "last_seen_at": _scalar(events, Max("occurred_at")),
+        "last_basket_activity_at": _scalar(
+            events.filter(type__in=BASKET_ACTIVITY_TYPES), Max("occurred_at")
+        ),
+        "registered_at": Coalesce(
+            _scalar(events.filter(type=EventType.USER_REGISTERED), Min("occurred_at")),
+            Subquery(
+                User._default_manager.filter(pk=OuterRef("user_id")).values("date_joined")[:1]
+            ),
+        ),
+        "seen_on_web": Exists(events.filter(source=EventSource.WEB)),
+        "seen_on_app": Exists(events.filter(source=EventSource.APP)),
+        "seen_offline": Exists(events.filter(source=EventSource.OFFLINE)),
+        "devices_count": Coalesce(
+            _scalar(
+                Identity.objects.filter(profile=OuterRef("pk"), kind=IdentityKind.DEVICE),
+                Count("pk"),
+            ),
+            0,
+        ),
+        "first_name": _name_from_events("first_name"),
+        "last_name": _name_from_events("last_name"),
+        "aggregates_updated_at": now,
     }
-    devices = dict(
-        Identity.objects.filter(profile_id__in=ids, kind=IdentityKind.DEVICE)
-        .order_by()
-        .values("profile_id")
-        .annotate(n=Count("id"))
-        .values_list("profile_id", "n")
-    )
-    categories = _categories_bought(ids)
-
-    profiles = list(
-        CustomerProfile.objects.filter(pk__in=ids).annotate(user_joined=F("user__date_joined"))
-    )
-    for profile in profiles:
-        row = stats.get(profile.pk, {})
-        orders = row.get("orders", 0)
-        spent = row.get("spent") or Decimal(0)
-        profile.orders_count = orders
-        profile.total_spent = spent
-        profile.average_order_value = (spent / orders).quantize(CENT) if orders else Decimal(0)
-        profile.first_order_at = row.get("first_order")
-        profile.last_order_at = row.get("last_order")
-        profile.last_seen_at = row.get("last_seen")
-        profile.last_basket_activity_at = row.get("last_basket")
-        profile.registered_at = row.get("registered") or profile.user_joined
-        profile.seen_on_web = bool(row.get("web"))
-        profile.seen_on_app = bool(row.get("app"))
-        profile.seen_offline = bool(row.get("offline"))
-        profile.devices_count = devices.get(profile.pk, 0)
-        profile.categories_bought = sorted(categories.get(profile.pk, ()))
-        profile.aggregates_updated_at = now
-        first, last = names.get(profile.pk, ("", ""))
-        profile.first_name = profile.first_name or first[:150]
-        profile.last_name = profile.last_name or last[:150]
-    CustomerProfile.objects.bulk_update(
-        profiles, [*AGGREGATE_FIELDS, "first_name", "last_name"], batch_size=500
-    )
-    return len(profiles)
 
 
-def _categories_bought(ids: list[int]) -> dict[int, set[int]]:
-    """Category ids of every product in the profiles' orders (a child takes its parent's)."""
+def _refresh_purchased_categories(ids: list[int]) -> None:
+    """Rewrite the PurchasedCategory rows of these profiles from their order events."""
     Product = get_model("catalogue", "Product")
     ProductCategory = get_model("catalogue", "ProductCategory")
-    bought: dict[int, set[int]] = defaultdict(set)
-    orders = Event.objects.filter(profile_id__in=ids, type=EventType.ORDER_PLACED).values_list(
-        "profile_id", "payload"
-    )
-    for profile_id, payload in orders:
+    orders: list[tuple[int, datetime, set[int]]] = []
+    for profile_id, occurred_at, payload in Event.objects.filter(
+        profile_id__in=ids, type=EventType.ORDER_PLACED
+    ).values_list("profile_id", "occurred_at", "payload"):
         lines = payload.get("lines") if isinstance(payload, dict) else None
-        for line in lines if isinstance(lines, list) else ():
-            product_id = line.get("product_id") if isinstance(line, dict) else None
-            if isinstance(product_id, int):
-                bought[profile_id].add(product_id)
-    product_ids = set().union(*bought.values()) if bought else set()
+        products = {
+            line["product_id"]
+            for line in (lines if isinstance(lines, list) else ())
+            if isinstance(line, dict) and isinstance(line.get("product_id"), int)
+        }
+        if products:
+            orders.append((profile_id, occurred_at, products))
+
+    PurchasedCategory.objects.filter(profile_id__in=ids).delete()
+    product_ids = set().union(*(products for _, _, products in orders))
     if not product_ids:
-        return {}
+        return
     parents = dict(
         Product._default_manager.filter(pk__in=product_ids, parent__isnull=False).values_list(
             "pk", "parent_id"
@@ -154,11 +164,27 @@ def _categories_bought(ids: list[int]) -> dict[int, set[int]]:
         product_id__in=product_ids | set(parents.values())
     ).values_list("product_id", "category_id"):
         categories_of[product_id].add(category_id)
-    result: dict[int, set[int]] = {}
-    for profile_id, products in bought.items():
-        cats: set[int] = set()
+
+    # (profile, category) -> [orders that contain it, last of them]
+    rows: dict[tuple[int, int], list] = {}
+    for profile_id, occurred_at, products in orders:
+        categories: set[int] = set()
         for product_id in products:
-            cats |= categories_of.get(product_id, set())
-            cats |= categories_of.get(parents.get(product_id, -1), set())
-        result[profile_id] = cats
-    return result
+            categories |= categories_of.get(product_id, set())
+            categories |= categories_of.get(parents.get(product_id, -1), set())
+        for category_id in categories:
+            entry = rows.setdefault((profile_id, category_id), [0, occurred_at])
+            entry[0] += 1
+            entry[1] = max(entry[1], occurred_at)
+    PurchasedCategory.objects.bulk_create(
+        [
+            PurchasedCategory(
+                profile_id=profile_id,
+                category_id=category_id,
+                orders_count=count,
+                last_bought_at=last,
+            )
+            for (profile_id, category_id), (count, last) in rows.items()
+        ],
+        batch_size=1000,
+    )

@@ -51,7 +51,7 @@ def backfill_orders(*, chunk_size: int = 1000, progress: Progress | None = None)
         Order._default_manager.filter(
             ~Exists(Event.objects.filter(order_id=OuterRef("pk"), type=EventType.ORDER_PLACED))
         )
-        .select_related("shipping_address", "billing_address")
+        .select_related("user", "shipping_address", "billing_address")
         .prefetch_related("lines")
     )
     created = 0

@@ -31,6 +31,7 @@ from .aggregates import refresh_aggregates
 from .merge import MergeRefused, merge_profiles
 from .models import IDENTITY_STRENGTH, CustomerProfile, Event, Identity, IdentityKind
 from .normalise import normalise_identity
+from .sql import update_ids_from_pairs
 
 logger = logging.getLogger("omnichannel.profiles")
 
@@ -80,7 +81,6 @@ class _Resolver:
     new_profiles: list[_NewProfile] = field(default_factory=list)
     new_identities: dict[Key, Target] = field(default_factory=dict)
     user_updates: dict[int, int] = field(default_factory=dict)
-    names: dict[int, tuple[str, str]] = field(default_factory=dict)
     targets: dict[int, Target] = field(default_factory=dict)  # event id -> target
 
     def preload(self, keys_by_event: dict[int, list[Key]]) -> None:
@@ -212,37 +212,27 @@ class _Resolver:
             return target
 
         if self.user_updates:
-            updates = [
-                CustomerProfile(pk=pid, user_id=uid) for pid, uid in self.user_updates.items()
-            ]
-            CustomerProfile.objects.bulk_update(updates, ["user_id"])
+            update_ids_from_pairs(CustomerProfile, "user", list(self.user_updates.items()))
         Identity.objects.bulk_create(
             [
                 Identity(profile_id=profile_id(target), kind=kind, value=value, created_at=now)
                 for (kind, value), target in self.new_identities.items()
             ]
         )
-        touched: set[int] = set()
+        attached: list[tuple[int, int]] = []
         for event in self.events:
             target = self.targets.get(event.pk)
             event.profile_id = profile_id(target) if target is not None else None
             event.processed_at = now
             if event.profile_id is not None:
-                touched.add(event.profile_id)
-                name = _name_in(event)
-                if name:
-                    self.names[event.profile_id] = name
-        Event.objects.bulk_update(self.events, ["profile_id", "processed_at"], batch_size=500)
+                attached.append((event.pk, event.profile_id))
+        update_ids_from_pairs(Event, "profile", attached, also={"processed_at": now})
+        nobody = [event.pk for event in self.events if event.profile_id is None]
+        if nobody:
+            Event.objects.filter(pk__in=nobody).update(processed_at=now)
+        touched = {profile for _, profile in attached}
         touched |= set(self.redirect.values())
         return touched
-
-
-def _name_in(event: Event) -> tuple[str, str] | None:
-    payload = event.payload if isinstance(event.payload, dict) else {}
-    first, last = payload.get("first_name"), payload.get("last_name")
-    if isinstance(first, str) and isinstance(last, str) and (first.strip() or last.strip()):
-        return first.strip(), last.strip()
-    return None
 
 
 def _take_fold_lock() -> bool:
@@ -270,7 +260,7 @@ def fold_event_batch(*, now: datetime, batch_size: int) -> int:
         for event in events:
             resolver.resolve(event, keys_by_event[event.pk])
         touched = resolver.write(now=now)
-        refresh_aggregates(touched, now=now, names=resolver.names)
+        refresh_aggregates(touched, now=now)
     events_folded.send(sender=Event, events=events, profile_ids=touched)
     return len(events)
 

@@ -39,7 +39,9 @@ def merge_profiles(
     Every model with a foreign key to CustomerProfile is moved generically, so models added by
     later parts of the app (messages, enrollments) follow without changes here. Models whose
     unique constraints could collide should resolve that in a ``profiles_merging`` receiver.
-    Raises MergeRefused if both profiles hold a user account.
+    Rows of models marked ``derived_from_events`` are dropped, not moved: the caller refreshes
+    the survivor's aggregates (the fold does). Raises MergeRefused if both profiles hold a user
+    account.
     """
     if a.pk == b.pk:
         return a
@@ -54,6 +56,9 @@ def merge_profiles(
             continue
         field_name = relation.field.name
         manager = relation.related_model._base_manager
+        if getattr(relation.related_model, "derived_from_events", False):
+            manager.filter(**{field_name: merged.pk}).delete()  # recomputed for the survivor
+            continue
         count = manager.filter(**{field_name: merged.pk}).update(**{field_name: survivor.pk})
         if count:
             moved[relation.related_model._meta.label_lower] = count

@@ -114,12 +114,6 @@ class CustomerProfile(models.Model):
     seen_on_app = models.BooleanField(_("used the mobile app"), default=False)
     seen_offline = models.BooleanField(_("bought offline"), default=False)
     devices_count = models.PositiveSmallIntegerField(_("devices"), default=0)
-    categories_bought = models.JSONField(
-        _("categories bought"),
-        default=list,
-        blank=True,
-        help_text=_("Ids of the catalogue categories of everything bought, online or offline."),
-    )
     aggregates_updated_at = models.DateTimeField(_("aggregates updated"), null=True, blank=True)
 
     class Meta:
@@ -322,3 +316,42 @@ class ProfileMerge(models.Model):
 
     def __str__(self) -> str:
         return f"{self.merged_profile_id} -> {self.survivor_id}"
+
+
+class PurchasedCategory(models.Model):
+    """A catalogue category a person bought from, online or offline (an aggregate of orders).
+
+    Rebuilt with the other aggregates; a variant counts for its parent's categories.
+    """
+
+    profile = models.ForeignKey(
+        CustomerProfile,
+        verbose_name=_("profile"),
+        on_delete=models.CASCADE,
+        related_name="purchased_categories",
+    )
+    category = models.ForeignKey(
+        "catalogue.Category",
+        verbose_name=_("category"),
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
+    orders_count = models.PositiveIntegerField(_("orders"), default=0)
+    last_bought_at = models.DateTimeField(_("last bought"))
+
+    #: Derived rows: a merge drops the merged profile's rows instead of moving them, and the
+    #: survivor's are recomputed from the (moved) events.
+    derived_from_events = True
+
+    class Meta:
+        verbose_name = _("purchased category")
+        verbose_name_plural = _("purchased categories")
+        constraints = [
+            models.UniqueConstraint(fields=["profile", "category"], name="oc_purchased_category")
+        ]
+        indexes = [
+            models.Index(fields=["category", "last_bought_at"], name="oc_purchased_cat_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.profile_id} bought in {self.category_id}"
