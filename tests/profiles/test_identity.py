@@ -22,6 +22,7 @@ from omnichannel.profiles.models import (
     Identity,
     IdentityKind,
     ProfileMerge,
+    PurchasedCategory,
     Purpose,
 )
 from omnichannel.profiles.recording import record_event
@@ -214,3 +215,48 @@ def test_latest_consent_wins_and_history_is_kept():
     assert current[("email", "marketing")].granted is False
     with pytest.raises(ValueError, match="unknown channel"):
         record_consent(profile, channel="fax", purpose="marketing", granted=True, now=now)
+
+
+def test_categories_bought_online_and_offline_survive_a_merge():
+    from oscar.apps.catalogue.categories import create_from_breadcrumbs
+    from oscar.test import factories
+
+    fridges = create_from_breadcrumbs("Kitchen > Fridges")
+    fridge = factories.create_product(title="Fridge")
+    fridge.categories.add(fridges)
+    fridge.structure = fridge.PARENT
+    fridge.save()
+    variant = type(fridge).objects.create(
+        structure=fridge.CHILD, parent=fridge, title="Fridge, white"
+    )
+    now = timezone.now()
+
+    def order(identities: dict, product, days_ago: int, source=EventSource.WEB) -> None:
+        record_event(
+            EventType.ORDER_PLACED,
+            source=source,
+            identities=identities,
+            amount=Decimal("10.00"),
+            occurred_at=now - timedelta(days=days_ago),
+            payload={"lines": [{"product_id": product.pk, "quantity": 1}, {"bad": "line"}]},
+        )
+
+    order({"email": "cat@example.com"}, fridge, 30)
+    order({"phone": "+447911123456"}, variant, 3, source=EventSource.OFFLINE)
+    fold()
+    assert CustomerProfile.objects.count() == 2
+    assert PurchasedCategory.objects.count() == 2  # one per profile, the variant via its parent
+
+    order({"email": "cat@example.com", "phone": "+447911123456"}, fridge, 1)
+    fold()
+    profile = CustomerProfile.objects.get()
+    row = PurchasedCategory.objects.get()
+    assert (row.profile, row.category, row.orders_count) == (profile, fridges, 3)
+    assert row.last_bought_at == now - timedelta(days=1)
+
+
+def test_update_from_pairs_takes_only_integers():
+    from omnichannel.profiles.sql import update_ids_from_pairs
+
+    with pytest.raises(TypeError, match="pairs of integers"):
+        update_ids_from_pairs(Event, "profile", [(1, "1; DROP TABLE x")])
