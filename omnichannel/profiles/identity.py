@@ -243,10 +243,12 @@ def _take_fold_lock() -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def fold_event_batch(*, now: datetime, batch_size: int) -> int:
+def fold_event_batch(*, now: datetime, batch_size: int, refresh: bool = True) -> int:
     """Fold up to ``batch_size`` unprocessed events into profiles; return how many.
 
-    Returns -1 when another worker is folding right now (PostgreSQL advisory lock).
+    ``refresh=False`` leaves the aggregates of the touched profiles stale, for a caller that
+    recomputes every profile afterwards (the rebuild command). Returns -1 when another worker
+    is folding right now (PostgreSQL advisory lock).
     """
     with transaction.atomic():
         if not _take_fold_lock():
@@ -260,7 +262,8 @@ def fold_event_batch(*, now: datetime, batch_size: int) -> int:
         for event in events:
             resolver.resolve(event, keys_by_event[event.pk])
         touched = resolver.write(now=now)
-        refresh_aggregates(touched, now=now)
+        if refresh:
+            refresh_aggregates(touched, now=now)
     events_folded.send(sender=Event, events=events, profile_ids=touched)
     return len(events)
 

@@ -60,7 +60,13 @@ class Command(BaseCommand):
         with tqdm(total=pending, desc="Folding events", unit="event", disable=not show) as bar:
             folded = 0
             while True:
-                count = fold_event_batch(now=timezone.now(), batch_size=batch_size)
+                # Per-batch refreshes would recompute a profile once per batch it appears in;
+                # the full pass below does each profile once.
+                count = fold_event_batch(
+                    now=timezone.now(),
+                    batch_size=batch_size,
+                    refresh=options["skip_aggregates"],
+                )
                 if count == -1:
                     time.sleep(0.5)  # another worker is folding; wait for the lock
                     continue
