@@ -90,6 +90,19 @@ class Admin:
                 f"  DATABASE_URL={DEFAULT_DATABASE_URL} python bench/run.py"
             ) from exc
         self.server_version = self._conn.info.server_version
+        # One run at a time per base name: a second run would drop the first one's databases
+        # (create() drops leftovers). The session lock goes away with this connection.
+        key = f"omnichannel-bench:{self.base_name}"
+        locked = self._conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
+        if not locked.fetchone()[0]:
+            self._conn.close()
+            self._conn = None
+            raise BenchError(
+                f"Another bench run is using the {self.base_name}_* databases on this server. "
+                "Wait for it to finish, or give this run its own base name, e.g.\n"
+                f"  DATABASE_URL={with_db(DEFAULT_DATABASE_URL, self.base_name + '_2')} "
+                "python bench/run.py"
+            )
 
     def name(self, suffix: str) -> str:
         return f"{self.base_name}_{suffix}"

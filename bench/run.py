@@ -455,7 +455,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+_received_signal = ""
+
+
 def _terminate(signum, frame):  # SIGTERM: clean up like Ctrl-C
+    global _received_signal
+    _received_signal = signal.Signals(signum).name
     raise KeyboardInterrupt
 
 
@@ -464,7 +469,11 @@ def main() -> int:
     url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _terminate)
-    admin = Admin(url)
+    try:
+        admin = Admin(url)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     figures: dict = {}
     status = 0
     started = time.monotonic()
@@ -494,7 +503,7 @@ def main() -> int:
         print(f"\nbench: {exc}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
-        print("\nbench: interrupted", file=sys.stderr)
+        print(f"\nbench: interrupted ({_received_signal or 'SIGINT'})", file=sys.stderr)
         status = 130
     finally:
         dropped = admin.drop_all() if admin._conn is not None else []
