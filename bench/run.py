@@ -395,8 +395,10 @@ def report_rebuild(r: dict) -> None:
         ("aggregates (full recompute)", aggregates, profiles, "profiles"),
     ]
     for label, seconds, count, unit in rows:
-        rate = count / seconds if seconds else float("inf")
-        log(f"    {label:38}{seconds:9.1f} s  {rate:10,.0f} {unit}/s")
+        if not seconds:
+            log(f"    {label:38}{'-':>9}    (not called)")
+            continue
+        log(f"    {label:38}{seconds:9.1f} s  {count / seconds:10,.0f} {unit}/s")
     other = r["total_s"] - backfill - fold - aggregates
     log(f"    {'other (counts)':38}{other:9.1f} s")
     verify = r["verify"]
