@@ -36,6 +36,10 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
 
+# Benchmarks on PostgreSQL (DATABASE_URL picks the server; see bench/README.md).
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
