@@ -37,6 +37,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                     id="omnichannel.E002",
                 )
             )
+    problems.extend(_check_sqlite())
     if MIDDLEWARE_PATH not in getattr(settings, "MIDDLEWARE", []):
         problems.append(
             Warning(
@@ -46,4 +47,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                 id="omnichannel.W001",
             )
         )
+    return problems
+
+
+#: UPDATE ... FROM (3.33) and RETURNING ids from bulk inserts (3.35) are used by the fold.
+MIN_SQLITE = (3, 35)
+
+
+def _check_sqlite() -> list:
+    from django.db import connections
+
+    problems = []
+    for alias in connections:
+        connection = connections[alias]
+        if connection.vendor != "sqlite":
+            continue
+        import sqlite3
+
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            problems.append(
+                Error(
+                    f"SQLite {sqlite3.sqlite_version} is too old for omnichannel (database "
+                    f"{alias!r}); it needs {'.'.join(map(str, MIN_SQLITE))} or later.",
+                    hint="Use a Python built with a newer SQLite, or PostgreSQL.",
+                    id="omnichannel.E003",
+                )
+            )
     return problems

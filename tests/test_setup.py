@@ -47,3 +47,18 @@ def test_setup_schedules_creates_and_updates_only_its_own_rows(settings):
     assert PeriodicTask.objects.get(task=FOLD_EVENTS_TASK).interval.every == 30
     assert PeriodicTask.objects.filter(name="someone else's").exists()
     assert "updated" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_setup_schedules_repairs_a_task_someone_moved_to_a_crontab():
+    from django_celery_beat.models import CrontabSchedule
+
+    call_command("omnichannel_setup_schedules", stdout=StringIO())
+    IntervalSchedule.objects.create(every=10, period=IntervalSchedule.SECONDS)  # a duplicate
+    task = PeriodicTask.objects.get(task=FOLD_EVENTS_TASK)
+    PeriodicTask.objects.filter(pk=task.pk).update(
+        interval=None, crontab=CrontabSchedule.objects.create(minute="*/5")
+    )
+    call_command("omnichannel_setup_schedules", stdout=StringIO())
+    task.refresh_from_db()
+    assert task.interval is not None and task.crontab is None

@@ -94,6 +94,16 @@ class _Resolver:
         rows = Identity.objects.filter(condition).values_list("kind", "value", "profile_id")
         for kind, value, profile_id in rows:
             self.owner[(kind, value)] = profile_id
+        # A profile may hold an account without its USER identity (made in the admin or by
+        # code): it still owns that user, or a new profile would collide with it.
+        user_ids = {int(value) for value in wanted.get(IdentityKind.USER, ())}
+        for user_id, profile_id in CustomerProfile.objects.filter(user_id__in=user_ids).values_list(
+            "user_id", "pk"
+        ):
+            key = (str(IdentityKind.USER), str(user_id))
+            if key not in self.owner:
+                self.owner[key] = profile_id
+                self.new_identities[key] = profile_id
         profile_ids = {pid for pid in self.owner.values() if isinstance(pid, int)}
         self.user_of.update(
             CustomerProfile.objects.filter(pk__in=profile_ids).values_list("pk", "user_id")
@@ -235,12 +245,21 @@ class _Resolver:
         return touched
 
 
-def _take_fold_lock() -> bool:
+def _take_fold_lock(*, wait: bool = False) -> bool:
+    """Take the folders' lock for this transaction; False if another holds it (unless wait)."""
     if connection.vendor != "postgresql":
-        return True  # SQLite serialises writers itself
+        return True  # SQLite serialises writers itself (IMMEDIATE transactions, see docs)
+    function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [FOLD_LOCK_ID])
-        return bool(cursor.fetchone()[0])
+        cursor.execute(f"SELECT {function}(%s)::text", [FOLD_LOCK_ID])
+        return cursor.fetchone()[0] in ("", "true")
+
+
+def refresh_aggregates_locked(profile_ids: list[int], *, now: datetime) -> int:
+    """refresh_aggregates under the folders' lock, so a running fold cannot interleave."""
+    with transaction.atomic():
+        _take_fold_lock(wait=True)
+        return refresh_aggregates(profile_ids, now=now)
 
 
 def fold_event_batch(*, now: datetime, batch_size: int, refresh: bool = True) -> int:

@@ -30,6 +30,7 @@ class VisitorMiddleware:
         if is_new:
             key = uuid.uuid4().hex
         request.omnichannel_visitor_key = key  # type: ignore[attr-defined]
+        request.omnichannel_visitor_is_new = is_new  # type: ignore[attr-defined]
         token = context.current.set(context.RequestContext(request=request, visitor_key=key))
         try:
             response = self.get_response(request)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.signals import user_logged_in
+from django.db import transaction
 from django.db.models.signals import post_delete, post_init, post_save
 from django.dispatch import receiver
 from oscar.core.loading import get_class, get_model
@@ -28,6 +29,8 @@ logger = logging.getLogger("omnichannel.profiles")
 BasketLine = get_model("basket", "Line")
 Basket = get_model("basket", "Basket")
 Order = get_model("order", "Order")
+Product = get_model("catalogue", "Product")
+WishList = get_model("wishlists", "WishList")
 WishListLine = get_model("wishlists", "Line")
 basket_addition = get_class("basket.signals", "basket_addition")
 order_placed = get_class("order.signals", "order_placed")
@@ -44,7 +47,10 @@ def never_raises(func: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
-            func(*args, **kwargs)
+            # The whole receiver in a savepoint, its reads included: on PostgreSQL any failed
+            # statement would otherwise abort the caller's transaction (Oscar's checkout).
+            with transaction.atomic():
+                func(*args, **kwargs)
         except Exception:  # deliberate (see the module docstring)
             logger.exception("omnichannel receiver %s failed; the shop carries on", func.__name__)
 
@@ -62,9 +68,17 @@ def _in_basket_add_view() -> bool:
     return match is not None and match.view_name == BASKET_ADD_VIEW_NAME
 
 
-def _request_user() -> Any:
+def _shopper_of_basket(basket_id: int | None) -> tuple[Any, str]:
+    """The request's user and visitor key, if the request is working on its own basket.
+
+    A line can also change because staff deleted a product (the lines cascade) or code ran on
+    someone else's basket: then the request's person is not the basket's.
+    """
     ctx = context.get_current()
-    return getattr(ctx.request, "user", None) if ctx else None
+    request_basket = getattr(ctx.request, "_basket_cache", None) if ctx else None
+    if ctx is None or basket_id is None or getattr(request_basket, "pk", None) != basket_id:
+        return None, ""
+    return getattr(ctx.request, "user", None), ctx.visitor_key
 
 
 def _positive_int(value: Any, default: int = 1) -> int:
@@ -105,10 +119,11 @@ def receive_basket_line_saved(sender: Any, instance: Any, created: bool, **kwarg
     if previous == instance.quantity or _in_basket_add_view():
         return  # nothing changed, or basket_addition records it with the request's context
     basket = instance.basket
+    user, visitor_key = _shopper_of_basket(instance.basket_id)
     record_event(
         EventType.BASKET_LINE_ADDED if created else EventType.BASKET_LINE_CHANGED,
-        user=basket.owner if basket.owner_id else _request_user(),
-        visitor_key=_visitor_key(),
+        user=basket.owner if basket.owner_id else user,
+        visitor_key=visitor_key,
         basket_id=instance.basket_id,
         product_id=instance.product_id,
         payload={"quantity": instance.quantity, "previous_quantity": previous or 0},
@@ -119,13 +134,17 @@ def receive_basket_line_saved(sender: Any, instance: Any, created: bool, **kwarg
 @never_raises
 def receive_basket_line_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     basket = Basket._default_manager.filter(pk=instance.basket_id).only("owner_id").first()
+    user, visitor_key = _shopper_of_basket(instance.basket_id)
+    # When the product itself is being deleted (its lines cascade), it is gone at commit: the
+    # event keeps its id in the payload only, or the foreign key would fail.
+    product_goes = isinstance(kwargs.get("origin"), Product)
     record_event(
         EventType.BASKET_LINE_REMOVED,
-        user=basket.owner if basket and basket.owner_id else _request_user(),
-        visitor_key=_visitor_key(),
+        user=basket.owner if basket and basket.owner_id else user,
+        visitor_key=visitor_key,
         basket_id=basket.pk if basket else None,
-        product_id=instance.product_id,
-        payload={"quantity": instance.quantity},
+        product_id=None if product_goes else instance.product_id,
+        payload={"quantity": instance.quantity, "product_id": instance.product_id},
     )
 
 
@@ -146,7 +165,7 @@ def receive_basket_saved(sender: Any, instance: Any, created: bool, **kwargs: An
     record_event(
         EventType.BASKET_SUBMITTED,
         user=instance.owner if instance.owner_id else None,
-        visitor_key=_visitor_key(),
+        visitor_key=_shopper_of_basket(instance.pk)[1],
         basket_id=instance.pk,
     )
 
@@ -166,8 +185,7 @@ def receive_wishlist_line_saved(sender: Any, instance: Any, created: bool, **kwa
         return
     record_event(
         EventType.WISHLIST_LINE_ADDED,
-        user=instance.wishlist.owner,
-        visitor_key=_visitor_key(),
+        user_id=instance.wishlist.owner_id,
         product_id=instance.product_id,
         payload={"wishlist_id": instance.wishlist_id, "title": instance.title},
     )
@@ -176,10 +194,15 @@ def receive_wishlist_line_saved(sender: Any, instance: Any, created: bool, **kwa
 @receiver(post_delete, sender=WishListLine, dispatch_uid="omnichannel.wishlist_line_deleted")
 @never_raises
 def receive_wishlist_line_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # The wishlist's owner, not whoever is logged in (staff deleting a product cascades here).
+    owner_id = (
+        WishList._default_manager.filter(pk=instance.wishlist_id)
+        .values_list("owner_id", flat=True)
+        .first()
+    )
     record_event(
         EventType.WISHLIST_LINE_REMOVED,
-        user=_request_user(),
-        visitor_key=_visitor_key(),
+        user_id=owner_id,
         product_id=instance.product_id,
         payload={"wishlist_id": instance.wishlist_id, "title": instance.title},
     )
@@ -215,6 +238,10 @@ def receive_user_logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) 
 @never_raises
 def receive_product_viewed(sender: Any, product: Any, user: Any, request: Any, **kwargs: Any):
     if not app_settings.RECORD_PRODUCT_VIEWS:
+        return
+    if getattr(request, "omnichannel_visitor_is_new", False) and not user.is_authenticated:
+        # A first request without our cookie: a crawler or a client that keeps no cookies
+        # would otherwise make one profile per page view. A real visitor's next view counts.
         return
     record_event(
         EventType.PRODUCT_VIEWED,

@@ -20,6 +20,7 @@ def record_event(
     *,
     source: str = EventSource.WEB,
     user: Any = None,
+    user_id: int | None = None,
     visitor_key: str = "",
     identities: dict[str, str] | None = None,
     basket_id: int | None = None,
@@ -35,7 +36,8 @@ def record_event(
     The INSERT runs in a savepoint so that a failure here never poisons the caller's
     transaction (on PostgreSQL a failed statement aborts the whole transaction).
     """
-    user_id = user.pk if user is not None and getattr(user, "is_authenticated", False) else None
+    if user is not None and getattr(user, "is_authenticated", False):
+        user_id = user.pk
     now = timezone.now()
     event = Event(
         type=type,

@@ -80,6 +80,7 @@ def test_staff_find_a_new_customer_and_their_whole_journey(browser, live_server,
     shopper = browser.new_context(viewport={"width": 1280, "height": 900})
     shopper.set_default_timeout(20_000)
     page = shopper.new_page()
+    page.goto(base + "/")  # arrives on the home page (a first view without our cookie is not kept)
     page.goto(base + fridge.get_absolute_url())
     expect(page.locator("h1")).to_contain_text("Fridge Deluxe")
     page.locator("#add_to_basket_form button[type=submit]").click()

@@ -30,6 +30,7 @@ def test_anonymous_visitor_who_registers_and_buys_ends_as_one_profile(client):
     fridge = shop.create_product("499.00", title="Fridge")
     kettle = shop.create_product("25.00", title="Kettle")
 
+    client.get("/")  # arrives on the home page, and gets the visitor cookie
     shop.view_product(client, fridge)
     shop.add_to_basket(client, fridge)
     shop.add_to_basket(client, kettle, quantity=2)

@@ -260,3 +260,14 @@ def test_update_from_pairs_takes_only_integers():
 
     with pytest.raises(TypeError, match="pairs of integers"):
         update_ids_from_pairs(Event, "profile", [(1, "1; DROP TABLE x")])
+
+
+def test_a_profile_holding_an_account_without_its_identity_still_gets_its_events(
+    django_user_model,
+):
+    user = django_user_model.objects.create_user("made", "made@example.com", "x")
+    made_by_code = CustomerProfile.objects.create(user=user)
+    record_event(EventType.USER_LOGGED_IN, user=user, visitor_key="9" * 32)
+    assert fold() == 1
+    assert list(CustomerProfile.objects.all()) == [made_by_code]
+    assert made_by_code.identities.filter(kind=IdentityKind.USER, value=str(user.pk)).exists()

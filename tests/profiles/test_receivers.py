@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 from django.utils import timezone
-from oscar.core.loading import get_model
+from oscar.core.loading import get_class, get_model
 
 from omnichannel.profiles.identity import fold_pending_events
 from omnichannel.profiles.models import CustomerProfile, Event, EventType
@@ -30,6 +30,7 @@ def test_visitor_cookie_is_issued_once_and_kept(client, settings):
 
 def test_product_view_is_recorded_with_the_visitor_key(client):
     product = shop.create_product()
+    client.get("/")  # the visitor cookie
     shop.view_product(client, product)
     event = Event.objects.get()
     assert event.type == EventType.PRODUCT_VIEWED
@@ -40,6 +41,7 @@ def test_product_view_is_recorded_with_the_visitor_key(client):
 
 def test_product_views_can_be_switched_off(client, settings):
     settings.OMNICHANNEL = {"RECORD_PRODUCT_VIEWS": False}
+    client.get("/")
     shop.view_product(client, shop.create_product())
     assert not Event.objects.exists()
 
@@ -108,3 +110,35 @@ def test_a_login_to_the_admin_site_is_not_a_customer_visit(client, django_user_m
     )
     assert response.status_code == 302
     assert not Event.objects.exists()
+
+
+def test_lines_removed_by_staff_deleting_a_product_belong_to_the_baskets_owners(
+    admin_client, admin_user, django_user_model
+):
+    product = shop.create_product()
+    customer = django_user_model.objects.create_user("own", "own@example.com", "x")
+    strategy = get_class("partner.strategy", "Selector")().strategy()
+    for owner in (customer, None):  # a customer's basket, and an anonymous shopper's
+        basket = Basket.objects.create(owner=owner)
+        basket.strategy = strategy
+        basket.add_product(product)
+    Event.objects.all().delete()
+
+    url = reverse("admin:catalogue_product_delete", args=[product.pk])
+    assert admin_client.post(url, {"post": "yes"}).status_code == 302
+
+    removed = Event.objects.filter(type=EventType.BASKET_LINE_REMOVED)
+    assert set(removed.values_list("user_id", "visitor_key", "product_id")) == {
+        (customer.pk, "", None),
+        (None, "", None),
+    }
+    assert {event.payload["product_id"] for event in removed} == {product.pk}
+    assert not Event.objects.filter(user=admin_user).exists()
+
+
+def test_a_first_view_without_our_cookie_is_not_recorded(client):
+    product = shop.create_product()
+    shop.view_product(client, product)  # a crawler would stop here, making no profile
+    assert not Event.objects.exists()
+    shop.view_product(client, product)  # a browser comes back with the cookie
+    assert Event.objects.get().type == EventType.PRODUCT_VIEWED

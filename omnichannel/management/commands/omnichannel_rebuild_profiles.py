@@ -13,9 +13,9 @@ from oscar.core.loading import get_model
 from tqdm import tqdm
 
 from ...conf import app_settings
-from ...profiles.aggregates import CHUNK_SIZE, chunked, refresh_aggregates
+from ...profiles.aggregates import CHUNK_SIZE, chunked
 from ...profiles.backfill import backfill_orders, backfill_registrations
-from ...profiles.identity import fold_event_batch
+from ...profiles.identity import fold_event_batch, refresh_aggregates_locked
 from ...profiles.models import CustomerProfile, Event, EventType
 
 
@@ -81,7 +81,7 @@ class Command(BaseCommand):
             total = ids.count()
             with tqdm(total=total, desc="Aggregates", unit="profile", disable=not show) as bar:
                 for chunk in chunked(ids.iterator(chunk_size=CHUNK_SIZE)):
-                    refreshed += refresh_aggregates(chunk, now=timezone.now())
+                    refreshed += refresh_aggregates_locked(chunk, now=timezone.now())
                     bar.update(len(chunk))
 
         elapsed = time.monotonic() - started

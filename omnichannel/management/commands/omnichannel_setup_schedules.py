@@ -33,11 +33,23 @@ class Command(BaseCommand):
         for name, (task, seconds) in schedules().items():
             if seconds < 1:
                 raise CommandError(f"{name}: interval must be at least 1 second, not {seconds}")
-            interval, _ = IntervalSchedule.objects.get_or_create(
+            # IntervalSchedule has no unique constraint: reuse the first match, if any.
+            interval = IntervalSchedule.objects.filter(
+                every=seconds, period=IntervalSchedule.SECONDS
+            ).first() or IntervalSchedule.objects.create(
                 every=seconds, period=IntervalSchedule.SECONDS
             )
             _, created = PeriodicTask.objects.update_or_create(
-                name=name, defaults={"task": task, "interval": interval, "enabled": True}
+                name=name,
+                defaults={
+                    "task": task,
+                    "interval": interval,
+                    # beat refuses a task with two schedules (someone may have set a crontab)
+                    "crontab": None,
+                    "solar": None,
+                    "clocked": None,
+                    "enabled": True,
+                },
             )
             verb = "created" if created else "updated"
             self.stdout.write(f"{verb}: {name} ({task}, every {seconds} s)")
