@@ -132,12 +132,20 @@ class _Resolver:
     def resolve(self, event: Event, keys: list[Key]) -> None:
         if not keys:
             return  # names nobody: it stays in the log without a profile
-        found: list[Target] = []
+        reached: dict[Target, set[str]] = {}  # in order of strength: dicts keep insertion order
         for key in keys:
             if key in self.owner:
-                target = self.find(self.owner[key])
-                if target not in found:
-                    found.append(target)
+                reached.setdefault(self.find(self.owner[key]), set()).add(key[0])
+        found = list(reached)
+        if keys[0][0] != IdentityKind.USER and keys[0][0] != IdentityKind.VISITOR:
+            # A browser cookie is weak evidence: on a shared computer it belongs to whoever
+            # signed in there first. It never brings a guest's email, phone or card into
+            # another account's profile; the guest gets a profile of their own.
+            found = [
+                t
+                for t in found
+                if not (reached[t] == {IdentityKind.VISITOR} and self.user_id(t) is not None)
+            ]
         if keys[0][0] == IdentityKind.USER:
             # An event of a signed-in user never joins another account's profile (a shared
             # tablet's visitor key stays with whoever used it first).

@@ -271,3 +271,34 @@ def test_a_profile_holding_an_account_without_its_identity_still_gets_its_events
     assert fold() == 1
     assert list(CustomerProfile.objects.all()) == [made_by_code]
     assert made_by_code.identities.filter(kind=IdentityKind.USER, value=str(user.pk)).exists()
+
+
+def test_a_guest_on_a_shared_computer_does_not_join_the_account_that_used_it_first(
+    django_user_model,
+):
+    owner = django_user_model.objects.create_user("first", "first@example.com", "x")
+    family_pc = "7" * 32
+    record_event(EventType.USER_LOGGED_IN, user=owner, visitor_key=family_pc)
+    fold()
+    record_event(
+        EventType.ORDER_PLACED,
+        visitor_key=family_pc,
+        identities={"email": "guest@example.com"},
+        amount=Decimal("5.00"),
+    )
+    fold()
+    guest = profile_of(IdentityKind.EMAIL, "guest@example.com")
+    assert guest.user is None
+    assert guest.orders_count == 1
+    assert CustomerProfile.objects.get(user=owner).orders_count == 0
+    assert profile_of(IdentityKind.VISITOR, family_pc).user == owner
+
+
+def test_an_anonymous_visitors_cookie_still_joins_their_own_guest_checkout():
+    record_event(EventType.PRODUCT_VIEWED, visitor_key="8" * 32)
+    fold()
+    record_event(
+        EventType.ORDER_PLACED, visitor_key="8" * 32, identities={"email": "anon@example.com"}
+    )
+    fold()
+    assert CustomerProfile.objects.count() == 1
