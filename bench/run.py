@@ -399,6 +399,8 @@ def report_rebuild(r: dict) -> None:
             log(f"    {label:38}{'-':>9}    (not called)")
             continue
         log(f"    {label:38}{seconds:9.1f} s  {count / seconds:10,.0f} {unit}/s")
+    for missing in r.get("untimed_phases", []):
+        log(f"    phase not timed: {missing}; update bench/rebuild_bench.py")
     other = r["total_s"] - backfill - fold - aggregates
     log(f"    {'other (counts)':38}{other:9.1f} s")
     verify = r["verify"]
