@@ -15,6 +15,7 @@ from typing import Any
 
 from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
+from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_init, post_save
 from django.dispatch import receiver
 from oscar.core.loading import get_class, get_model
@@ -29,7 +30,6 @@ logger = logging.getLogger("omnichannel.profiles")
 BasketLine = get_model("basket", "Line")
 Basket = get_model("basket", "Basket")
 Order = get_model("order", "Order")
-Product = get_model("catalogue", "Product")
 WishList = get_model("wishlists", "WishList")
 WishListLine = get_model("wishlists", "Line")
 basket_addition = get_class("basket.signals", "basket_addition")
@@ -79,6 +79,18 @@ def _shopper_of_basket(basket_id: int | None) -> tuple[Any, str]:
     if ctx is None or basket_id is None or getattr(request_basket, "pk", None) != basket_id:
         return None, ""
     return getattr(ctx.request, "user", None), ctx.visitor_key
+
+
+def _is_cascade(origin: Any, line_model: type) -> bool:
+    """Whether a line goes because something else is deleted (its product, basket or owner).
+
+    That is not a shopper removing an item, and the rows it would name are being deleted in the
+    same transaction: an event pointing at them would fail its foreign keys at commit.
+    """
+    if origin is None:
+        return False
+    origin_model = origin.model if isinstance(origin, QuerySet) else type(origin)
+    return not issubclass(origin_model, line_model)
 
 
 def _positive_int(value: Any, default: int = 1) -> int:
@@ -133,18 +145,17 @@ def receive_basket_line_saved(sender: Any, instance: Any, created: bool, **kwarg
 @receiver(post_delete, sender=BasketLine, dispatch_uid="omnichannel.basket_line_deleted")
 @never_raises
 def receive_basket_line_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    if _is_cascade(kwargs.get("origin"), BasketLine):
+        return
     basket = Basket._default_manager.filter(pk=instance.basket_id).only("owner_id").first()
     user, visitor_key = _shopper_of_basket(instance.basket_id)
-    # When the product itself is being deleted (its lines cascade), it is gone at commit: the
-    # event keeps its id in the payload only, or the foreign key would fail.
-    product_goes = isinstance(kwargs.get("origin"), Product)
     record_event(
         EventType.BASKET_LINE_REMOVED,
         user=basket.owner if basket and basket.owner_id else user,
         visitor_key=visitor_key,
         basket_id=basket.pk if basket else None,
-        product_id=None if product_goes else instance.product_id,
-        payload={"quantity": instance.quantity, "product_id": instance.product_id},
+        product_id=instance.product_id,
+        payload={"quantity": instance.quantity},
     )
 
 
@@ -194,6 +205,8 @@ def receive_wishlist_line_saved(sender: Any, instance: Any, created: bool, **kwa
 @receiver(post_delete, sender=WishListLine, dispatch_uid="omnichannel.wishlist_line_deleted")
 @never_raises
 def receive_wishlist_line_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    if _is_cascade(kwargs.get("origin"), WishListLine):
+        return
     # The wishlist's owner, not whoever is logged in (staff deleting a product cascades here).
     owner_id = (
         WishList._default_manager.filter(pk=instance.wishlist_id)
