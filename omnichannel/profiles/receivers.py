@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.signals import user_logged_in
-from django.db import transaction
 from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_init, post_save
 from django.dispatch import receiver
@@ -23,7 +22,13 @@ from oscar.core.loading import get_class, get_model
 from ..conf import app_settings
 from . import context
 from .models import EventSource, EventType
-from .recording import order_event, record_event, registration_event, save_event
+from .recording import (
+    order_event,
+    record_event,
+    registration_event,
+    save_event,
+    savepoint_if_in_transaction,
+)
 
 logger = logging.getLogger("omnichannel.profiles")
 
@@ -47,9 +52,9 @@ def never_raises(func: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
-            # The whole receiver in a savepoint, its reads included: on PostgreSQL any failed
-            # statement would otherwise abort the caller's transaction (Oscar's checkout).
-            with transaction.atomic():
+            # Inside a transaction, the whole receiver (its reads too) runs in a savepoint: on
+            # PostgreSQL any failed statement would otherwise abort the caller's transaction.
+            with savepoint_if_in_transaction():
                 func(*args, **kwargs)
         except Exception:  # deliberate (see the module docstring)
             logger.exception("omnichannel receiver %s failed; the shop carries on", func.__name__)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from .models import Event, EventSource, EventType
@@ -33,8 +34,8 @@ def record_event(
 ) -> Event:
     """Append one event to the log; the fold task attaches it to a profile later.
 
-    The INSERT runs in a savepoint so that a failure here never poisons the caller's
-    transaction (on PostgreSQL a failed statement aborts the whole transaction).
+    Inside a transaction the INSERT runs in a savepoint, so that a failure here never poisons
+    the caller's transaction (on PostgreSQL a failed statement aborts the whole transaction).
     """
     if user is not None and getattr(user, "is_authenticated", False):
         user_id = user.pk
@@ -118,8 +119,19 @@ def registration_event(
     )
 
 
+def savepoint_if_in_transaction() -> AbstractContextManager:
+    """A savepoint inside a transaction; nothing in autocommit.
+
+    Inside a transaction (Oscar's atomic blocks, ATOMIC_REQUESTS) a failed statement of ours
+    would abort the caller's whole transaction on PostgreSQL; the savepoint confines it. In
+    autocommit a failed statement poisons nothing, and BEGIN/SAVEPOINT/RELEASE/COMMIT around
+    one INSERT would only cost round trips on the checkout path.
+    """
+    return transaction.atomic() if connection.in_atomic_block else nullcontext()
+
+
 def save_event(event: Event) -> Event:
-    """Insert an event built by one of the helpers above, in a savepoint."""
-    with transaction.atomic():
+    """Insert an event built by one of the helpers above (in a savepoint when needed)."""
+    with savepoint_if_in_transaction():
         event.save(force_insert=True)
     return event
