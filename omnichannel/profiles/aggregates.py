@@ -125,19 +125,11 @@ def _refresh_scalars(ids: list[int], *, now: datetime) -> int:
         )
     # 2. Profiles left without events (all deleted) go back to the defaults.
     profiles = CustomerProfile.objects.filter(pk__in=ids)
+    defaults = {
+        field: CustomerProfile._meta.get_field(field).get_default() for field in assignments
+    }
     profiles.exclude(Exists(Event.objects.filter(profile=OuterRef("pk")))).update(
-        orders_count=0,
-        total_spent=0,
-        average_order_value=0,
-        first_order_at=None,
-        last_order_at=None,
-        last_seen_at=None,
-        last_basket_activity_at=None,
-        registered_at=None,
-        seen_on_web=False,
-        seen_on_app=False,
-        seen_offline=False,
-        aggregates_updated_at=now,
+        **{**defaults, "aggregates_updated_at": now}
     )
     # 3. What does not come from events: devices, the account's join date, blank names.
     User = get_user_model()

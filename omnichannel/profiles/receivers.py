@@ -62,9 +62,11 @@ def never_raises(func: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _visitor_key() -> str:
+def _visitor_key(request: Any = None) -> str:
+    """The visitor key of ``request``, else of the request being served, else ""."""
+    key = getattr(request, "omnichannel_visitor_key", "") if request is not None else ""
     ctx = context.get_current()
-    return ctx.visitor_key if ctx else ""
+    return key or (ctx.visitor_key if ctx else "")
 
 
 def _in_basket_add_view() -> bool:
@@ -113,7 +115,7 @@ def receive_basket_addition(sender: Any, product: Any, user: Any, request: Any, 
     record_event(
         EventType.BASKET_LINE_ADDED,
         user=user,
-        visitor_key=getattr(request, "omnichannel_visitor_key", "") or _visitor_key(),
+        visitor_key=_visitor_key(request),
         basket_id=getattr(basket, "pk", None),
         product_id=product.pk,
         payload={"quantity": _positive_int(request.POST.get("quantity"))},
@@ -229,8 +231,7 @@ def receive_wishlist_line_deleted(sender: Any, instance: Any, **kwargs: Any) -> 
 @receiver(user_registered, dispatch_uid="omnichannel.user_registered")
 @never_raises
 def receive_user_registered(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    key = getattr(request, "omnichannel_visitor_key", "") or _visitor_key()
-    save_event(registration_event(user, visitor_key=key))
+    save_event(registration_event(user, visitor_key=_visitor_key(request)))
 
 
 @receiver(user_logged_in, dispatch_uid="omnichannel.user_logged_in")
@@ -241,13 +242,12 @@ def receive_user_logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) 
     match = getattr(request, "resolver_match", None)
     if match is not None and match.app_name == "admin":
         return
-    key = getattr(request, "omnichannel_visitor_key", "") if request is not None else ""
     email = getattr(user, "email", "")
     record_event(
         EventType.USER_LOGGED_IN,
         source=EventSource.WEB,
         user=user,
-        visitor_key=key or _visitor_key(),
+        visitor_key=_visitor_key(request),
         identities={"email": email} if email else {},
     )
 
@@ -264,6 +264,6 @@ def receive_product_viewed(sender: Any, product: Any, user: Any, request: Any, *
     record_event(
         EventType.PRODUCT_VIEWED,
         user=user,
-        visitor_key=getattr(request, "omnichannel_visitor_key", "") or _visitor_key(),
+        visitor_key=_visitor_key(request),
         product_id=product.pk,
     )
