@@ -33,6 +33,47 @@ DEFAULTS: dict[str, Any] = {
     "EVENT_FOLD_INTERVAL": 10,
     # Record product_viewed events (one row per product page view).
     "RECORD_PRODUCT_VIEWS": True,
+    # --- Channels (omnichannel/channels/) -------------------------------------------------------
+    # name -> {"BACKEND": dotted path of a BaseChannel subclass, "COST": per message (or per
+    # SMS segment / push device), "OPTIONS": {...} for the backend}. The name is stored on
+    # every Message: never rename one that has sent. See docs/channels.md.
+    "CHANNELS": {
+        "email": {"BACKEND": "omnichannel.channels.email.EmailChannel"},
+    },
+    # Currency of channel costs (ISO 4217).
+    "COST_CURRENCY": "EUR",
+    # Absolute base URL of the shop for links in messages (https://shop.example.com); None
+    # builds them from the Sites framework's current domain over https.
+    "SITE_URL": None,
+    # Transactional messages need no recorded consent (a receipt is owed); marketing needs a
+    # grant. Set True to require a grant for transactional messages too.
+    "TRANSACTIONAL_REQUIRES_CONSENT": False,
+    # Messages claimed and sent per delivery task run, and how often beat runs it (seconds).
+    "DELIVERY_BATCH_SIZE": 200,
+    "DELIVERY_INTERVAL": 5,
+    # A message claimed for sending whose worker died: after this many seconds it is marked
+    # failed (never resent: the provider may have taken it).
+    "SENDING_LEASE": 300,
+    # Temporary failures: attempts in all, and the backoff (exponential with full jitter).
+    "SEND_MAX_ATTEMPTS": 5,
+    "SEND_RETRY_BASE_DELAY": 30,
+    "SEND_RETRY_MAX_DELAY": 3600,
+    # A 429 pauses the whole channel: first pause (or the provider's Retry-After), doubled on
+    # each consecutive 429, up to the cap (seconds).
+    "THROTTLE_BASE_PAUSE": 30,
+    "THROTTLE_MAX_PAUSE": 900,
+    # --- Tracking links (omnichannel/tracking/) ---------------------------------------------
+    # Lifetime of signed links, in seconds. Unsubscribe links never expire (RFC 8058 mail sits
+    # in inboxes for years).
+    "CLICK_LINK_MAX_AGE": 60 * 60 * 24 * 90,
+    "PREFERENCES_LINK_MAX_AGE": 60 * 60 * 24 * 365,
+    "BASKET_LINK_MAX_AGE": 60 * 60 * 24 * 14,
+    "TELEGRAM_LINK_MAX_AGE": 60 * 60 * 24 * 30,
+    # Add a 1x1 open pixel to emails (most ESPs track opens themselves; see anymail's
+    # track_opens). Push, SMS and Telegram report no opens.
+    "EMAIL_OPEN_PIXEL": False,
+    # Wrap links in emails through our signed click redirect (when the ESP does not track).
+    "EMAIL_CLICK_REDIRECT": False,
 }
 
 

@@ -1,5 +1,12 @@
 """One app label, one migration history: every sub-package's models are imported here."""
 
+from .channels.models import (  # noqa: F401
+    ChannelThrottle,
+    Message,
+    MessageStatusChange,
+    OutboxEntry,
+    Suppression,
+)
 from .profiles.models import (  # noqa: F401
     Consent,
     CustomerProfile,

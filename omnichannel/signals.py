@@ -14,3 +14,12 @@ profiles_merged = Signal()
 #: A batch of events was folded into profiles.
 #: provides args: events (list of Event), profile_ids (set of int)
 events_folded = Signal()
+
+#: A message's status changed (sent, delivered, opened, clicked, bounced, ...).
+#: provides args: message, previous, reported
+message_status_changed = Signal()
+
+#: Before a message goes to its provider; raising SendCancelled from a receiver cancels it
+#: (the message is marked suppressed with the exception's text).
+#: provides args: message, channel
+pre_send = Signal()

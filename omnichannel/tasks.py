@@ -8,6 +8,7 @@ from django.utils import timezone
 from .conf import app_settings
 
 FOLD_EVENTS_TASK = "omnichannel.profiles.fold_events"
+DELIVER_MESSAGES_TASK = "omnichannel.channels.deliver_due"
 
 
 @shared_task(name=FOLD_EVENTS_TASK, ignore_result=True)
@@ -20,3 +21,11 @@ def fold_events_task() -> int:
         batch_size=app_settings.EVENT_BATCH_SIZE,
         max_batches=app_settings.EVENT_MAX_BATCHES_PER_RUN,
     )
+
+
+@shared_task(name=DELIVER_MESSAGES_TASK, ignore_result=True)
+def deliver_due_messages_task() -> int:
+    """Send due queued messages in batches (run by beat every DELIVERY_INTERVAL seconds)."""
+    from .channels.sending import deliver_due_messages
+
+    return deliver_due_messages(now=timezone.now())

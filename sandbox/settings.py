@@ -171,9 +171,44 @@ OSCAR_REQUIRED_ADDRESS_FIELDS = ("first_name", "last_name", "line1", "line4", "p
 PHONENUMBER_DEFAULT_REGION = "GB"
 
 # --- django-oscar-omnichannel -----------------------------------------------------------------
+# Every channel of the demo writes to the outbox (Admin > Omnichannel > Outbox) instead of
+# calling a provider; remove "OUTBOX": True and fill in the provider's options to send for real.
 OMNICHANNEL = {
     "DEFAULT_PHONE_REGION": "GB",
     "EVENT_FOLD_INTERVAL": int(os.environ.get("OMNICHANNEL_EVENT_FOLD_INTERVAL", "10")),
+    "SITE_URL": os.environ.get("OMNICHANNEL_SITE_URL", "http://127.0.0.1:8000"),
+    "COST_CURRENCY": "GBP",
+    "CHANNELS": {
+        "email": {
+            "BACKEND": "omnichannel.channels.email.EmailChannel",
+            "COST": "0.0008",
+            "OPTIONS": {"OUTBOX": True, "FROM_EMAIL": "Omnichannel demo shop <shop@example.com>"},
+        },
+        "webpush": {
+            "BACKEND": "omnichannel.channels.push.WebPushChannel",
+            "COST": "0",
+            "OPTIONS": {"OUTBOX": True},
+        },
+        "push": {
+            "BACKEND": "omnichannel.channels.push.MobilePushChannel",
+            "COST": "0",
+            "OPTIONS": {"OUTBOX": True},
+        },
+        "telegram": {
+            "BACKEND": "omnichannel.channels.telegram.TelegramChannel",
+            "COST": "0.002",
+            "OPTIONS": {
+                "OUTBOX": True,
+                "BOT_TOKEN": "demo",
+                "BOT_USERNAME": "omnichannel_demo_bot",
+            },
+        },
+        "sms": {
+            "BACKEND": "omnichannel.channels.sms.SmsChannel",
+            "COST": "0.04",
+            "OPTIONS": {"OUTBOX": True, "FROM": "OmniDemo"},
+        },
+    },
 }
 
 # --- Celery ------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("omnichannel/", include("omnichannel.urls")),
+    path("anymail/", include("anymail.urls")),
     path("", include(apps.get_app_config("oscar").urls[0])),
 ]
 if settings.DEBUG:

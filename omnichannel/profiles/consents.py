@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.db.models import OuterRef, Subquery
 
-from .models import Channel, Consent, CustomerProfile, EventSource, Purpose
+from .models import Channel, Consent, ConsentSource, CustomerProfile, Purpose
 
 
 def record_consent(
@@ -16,7 +16,7 @@ def record_consent(
     purpose: str,
     granted: bool,
     now: datetime,
-    source: str = EventSource.WEB,
+    source: str = ConsentSource.WEB,
     note: str = "",
 ) -> Consent:
     """Append a grant or withdrawal; raises ValueError for an unknown channel or purpose."""
@@ -24,8 +24,8 @@ def record_consent(
         raise ValueError(f"unknown channel {channel!r}; expected one of {Channel.values}")
     if purpose not in Purpose.values:
         raise ValueError(f"unknown purpose {purpose!r}; expected one of {Purpose.values}")
-    if source not in EventSource.values:
-        raise ValueError(f"unknown source {source!r}; expected one of {EventSource.values}")
+    if source not in ConsentSource.values:
+        raise ValueError(f"unknown source {source!r}; expected one of {ConsentSource.values}")
     return Consent.objects.create(
         profile=profile,
         channel=channel,

@@ -19,6 +19,7 @@ class IdentityKind(models.TextChoices):
     PHONE = "phone", _("Phone")
     LOYALTY_CARD = "loyalty_card", _("Loyalty card")
     DEVICE = "device", _("Device / push token")
+    TELEGRAM = "telegram", _("Telegram chat")
     VISITOR = "visitor", _("Anonymous visitor")
 
 
@@ -30,6 +31,7 @@ IDENTITY_STRENGTH = [
     IdentityKind.PHONE,
     IdentityKind.LOYALTY_CARD,
     IdentityKind.DEVICE,
+    IdentityKind.TELEGRAM,
     IdentityKind.VISITOR,
 ]
 
@@ -79,6 +81,21 @@ class Purpose(models.TextChoices):
     MARKETING = "marketing", _("Marketing")
 
 
+class ConsentSource(models.TextChoices):
+    """Where a consent change came from (the first four are the event sources)."""
+
+    WEB = "web", _("Web shop")
+    APP = "app", _("Mobile app")
+    OFFLINE = "offline", _("Offline store")
+    API = "api", _("API")
+    PREFERENCES = "preferences", _("Preference centre")
+    UNSUBSCRIBE = "unsubscribe", _("Unsubscribe link")
+    PROVIDER = "provider", _("Provider report (bounce, complaint)")
+    MESSENGER = "messenger", _("Messenger (chat linked)")
+    ADMIN = "admin", _("Staff in admin")
+    IMPORT = "import", _("Import")
+
+
 class CustomerProfile(models.Model):
     """One person, however many accounts, devices and addresses they use.
 
@@ -97,6 +114,15 @@ class CustomerProfile(models.Model):
     )
     first_name = models.CharField(_("first name"), max_length=150, blank=True)
     last_name = models.CharField(_("last name"), max_length=150, blank=True)
+    language = models.CharField(
+        _("language"),
+        max_length=16,
+        blank=True,
+        help_text=_(
+            "Language of messages and the preference centre (one of LANGUAGES); "
+            "empty: the shop's default."
+        ),
+    )
     created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
 
     # Aggregates, recomputed from events (see profiles.aggregates).
@@ -267,7 +293,7 @@ class Consent(models.Model):
     purpose = models.CharField(_("purpose"), max_length=20, choices=Purpose.choices)
     granted = models.BooleanField(_("granted"))
     source = models.CharField(
-        _("source"), max_length=16, choices=EventSource.choices, default=EventSource.WEB
+        _("source"), max_length=16, choices=ConsentSource.choices, default=ConsentSource.WEB
     )
     note = models.CharField(_("note"), max_length=255, blank=True)
     created_at = models.DateTimeField(_("time"), default=timezone.now)

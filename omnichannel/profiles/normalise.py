@@ -67,6 +67,11 @@ def normalise_identity(kind: str, value: object) -> str:
         return normalise_phone(value)
     if kind == IdentityKind.LOYALTY_CARD:
         return normalise_token(value).upper().replace(" ", "")
-    if kind in (IdentityKind.USER, IdentityKind.DEVICE, IdentityKind.VISITOR):
+    if kind in (
+        IdentityKind.USER,
+        IdentityKind.DEVICE,
+        IdentityKind.TELEGRAM,
+        IdentityKind.VISITOR,
+    ):
         return normalise_token(value)
     raise InvalidIdentity(f"unknown identity kind {kind!r}")

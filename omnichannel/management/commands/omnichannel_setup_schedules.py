@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from ...conf import app_settings
-from ...tasks import FOLD_EVENTS_TASK
+from ...tasks import DELIVER_MESSAGES_TASK, FOLD_EVENTS_TASK
 
 #: name of the PeriodicTask row -> (task name, interval in seconds)
 PREFIX = "omnichannel: "
@@ -19,6 +19,10 @@ def schedules() -> dict[str, tuple[str, int]]:
         f"{PREFIX}fold events into profiles": (
             FOLD_EVENTS_TASK,
             int(app_settings.EVENT_FOLD_INTERVAL),
+        ),
+        f"{PREFIX}deliver queued messages": (
+            DELIVER_MESSAGES_TASK,
+            int(app_settings.DELIVERY_INTERVAL),
         ),
     }
 

@@ -1,0 +1,223 @@
+"""The channel interface: one way to reach a person (anymail's backend pattern).
+
+A channel is configured in ``OMNICHANNEL["CHANNELS"]`` under a name; the name is stored on
+every Message. Subclasses implement :meth:`BaseChannel.get_address` and :meth:`BaseChannel.send`
+and may override :meth:`BaseChannel.send_batch` when the provider takes many messages per call,
+:meth:`BaseChannel.units` when it bills per segment or device, and
+:meth:`BaseChannel.outbox_payload` to show what the provider would have received.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.template import TemplateDoesNotExist, engines
+from django.template.loader import render_to_string
+
+from ..conf import app_settings
+from ..exceptions import ChannelError, ConfigurationError, RateLimited
+from ..profiles.models import Consent, Purpose
+
+if TYPE_CHECKING:
+    from ..profiles.models import CustomerProfile
+    from .models import Message
+
+logger = logging.getLogger("omnichannel.channels")
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Whether a person can be reached, at which address, and if not, why not."""
+
+    address: str | None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.address is not None and not self.reason
+
+
+#: What send_batch returns per message, in order: the provider's message id, or the error.
+SendResult = str | ChannelError
+
+
+class BaseChannel:
+    """One way to reach a person. Subclasses implement ``get_address`` and ``send``."""
+
+    #: profiles.models.Channel value whose consents govern this channel (email, sms, ...).
+    consent_channel: ClassVar[str]
+    #: Folder under ``templates/omnichannel/`` holding this channel's templates.
+    template_folder: ClassVar[str]
+    #: Template parts: part name -> required. ``<folder>/<key>_<part>`` is rendered into
+    #: Message.subject (part "subject"/"title"), body_text ("body"), body_html ("body.html")
+    #: or Message.data[<part>] (anything else, e.g. "url", "image").
+    template_parts: ClassVar[dict[str, bool]] = {"body.txt": True}
+    #: Most messages a provider takes in one call (send_batch gets at most this many).
+    batch_size: ClassVar[int] = 1
+    #: Shown in the admin and the outbox.
+    label: ClassVar[str] = ""
+
+    def __init__(self, name: str, *, cost: Decimal, currency: str, options: dict[str, Any]) -> None:
+        self.name = name
+        self.cost = cost
+        self.currency = currency
+        self.options = dict(options)
+        #: Outbox mode (the demo shop): write what would be sent to OutboxEntry instead.
+        self.outbox = bool(self.options.pop("OUTBOX", False))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # --- who can be reached -------------------------------------------------------------------
+
+    def get_address(self, profile: CustomerProfile) -> str | None:
+        """The address (email, phone, chat id, devices) to send to, or None."""
+        raise NotImplementedError(f"{type(self).__name__} must implement get_address")
+
+    def reachability(self, profile: CustomerProfile, purpose: str) -> Reach:
+        """Address, consent and suppression checks in one place; ``Reach.reason`` says why not."""
+        address = self.get_address(profile)
+        if not address:
+            return Reach(None, f"no {self.name} address, device or chat for this person")
+        consent = (
+            Consent.objects.filter(profile=profile, channel=self.consent_channel, purpose=purpose)
+            .order_by("-created_at", "-pk")
+            .values_list("granted", flat=True)
+            .first()
+        )
+        needs_grant = purpose == Purpose.MARKETING or app_settings.TRANSACTIONAL_REQUIRES_CONSENT
+        if consent is False or (needs_grant and consent is None):
+            state = "withdrawn" if consent is False else "not given"
+            return Reach(address, f"{purpose} consent for {self.consent_channel} {state}")
+        suppressed = self.suppression_for(address, purpose)
+        if suppressed:
+            return Reach(address, suppressed)
+        return Reach(address)
+
+    def can_reach(self, profile: CustomerProfile, purpose: str) -> bool:
+        """Has an address or device, consent for this purpose, and is not suppressed."""
+        return self.reachability(profile, purpose).ok
+
+    def suppression_for(self, address: str, purpose: str) -> str:
+        """Why ``address`` is suppressed for ``purpose`` on this channel; '' when it is not."""
+        from .models import Suppression
+
+        suppression = Suppression.objects.filter(channel=self.name, address=address).first()
+        if suppression is None:
+            return ""
+        if purpose == Purpose.TRANSACTIONAL and not suppression.transactional_too:
+            return ""
+        return f"address suppressed: {suppression.get_reason_display()}"
+
+    # --- content -----------------------------------------------------------------------------
+
+    def render(
+        self,
+        message: Message,
+        context: dict[str, Any],
+        *,
+        template: str = "",
+        inline: dict[str, str] | None = None,
+    ) -> None:
+        """Fill the message's content from templates (``template`` key) or ``inline`` strings.
+
+        ``inline`` maps template parts to template source (content edited in the admin); a part
+        missing there falls back to the file template, if a key is given.
+        """
+        inline = inline or {}
+        rendered: dict[str, str] = {}
+        for part, required in self.template_parts.items():
+            source = inline.get(part)
+            if source is not None:
+                rendered[part] = engines["django"].from_string(source).render(context)
+                continue
+            if template:
+                name = f"omnichannel/{self.template_folder}/{template}_{part}"
+                try:
+                    rendered[part] = render_to_string(name, context)
+                    continue
+                except TemplateDoesNotExist:
+                    if required:
+                        raise
+            if required:
+                raise ConfigurationError(
+                    f"{self.name}: no content for the required part {part!r} "
+                    f"(template {template!r}, inline parts {sorted(inline)})"
+                )
+        self.apply_rendered(message, {k: v for k, v in rendered.items()})
+
+    def apply_rendered(self, message: Message, parts: dict[str, str]) -> None:
+        """Store rendered parts on the message (see ``template_parts``)."""
+        for part, value in parts.items():
+            if part in ("subject.txt", "title.txt"):
+                message.subject = " ".join(value.split())[:255]
+            elif part == "body.txt":
+                message.body_text = value.strip()
+            elif part == "body.html":
+                message.body_html = value
+            else:
+                message.data[part.rsplit(".", 1)[0]] = value.strip()
+
+    def units(self, message: Message) -> int:
+        """Billable units of a rendered message (SMS segments, push devices); 1 by default."""
+        return 1
+
+    def cost_of(self, message: Message) -> Decimal:
+        return self.cost * self.units(message)
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def send(self, message: Message) -> str:
+        """Send one message; return the provider's id.
+
+        Raise TemporaryChannelError (retry later), RateLimited (slow the channel down) or
+        PermanentChannelError (give up on this message, with the provider's reason).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement send")
+
+    def send_batch(self, messages: Sequence[Message]) -> list[SendResult]:
+        """Send up to ``batch_size`` messages; one result per message, in order.
+
+        The default sends one by one. After a 429 the rest are not attempted: they get the same
+        RateLimited error and are requeued with the channel's pause.
+        """
+        results: list[SendResult] = []
+        for index, message in enumerate(messages):
+            try:
+                results.append(self.deliver_one(message))
+            except RateLimited as exc:
+                results.extend([exc] * (len(messages) - index))
+                break
+            except ChannelError as exc:
+                results.append(exc)
+        return results
+
+    def deliver_one(self, message: Message) -> str:
+        """Send, or write to the outbox in outbox mode."""
+        if self.outbox:
+            return self.send_to_outbox(message)
+        return self.send(message)
+
+    # --- outbox (demo shop, local development) ------------------------------------------------
+
+    def outbox_payload(self, message: Message) -> dict[str, Any]:
+        """What the provider's API would have received, for the outbox."""
+        return {}
+
+    def send_to_outbox(self, message: Message) -> str:
+        from .models import OutboxEntry
+
+        entry = OutboxEntry.objects.create(
+            message=message,
+            channel=self.name,
+            address=message.address,
+            subject=message.subject,
+            body_text=message.body_text,
+            body_html=message.body_html,
+            payload=self.outbox_payload(message),
+        )
+        return f"outbox-{entry.pk}"

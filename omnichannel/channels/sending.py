@@ -1,0 +1,365 @@
+"""Queueing and delivering messages: the database holds the truth, workers move it in batches.
+
+``queue_message`` checks reach, renders and stores a ``queued`` message. ``deliver_due_messages``
+(the beat task) claims due messages in one UPDATE, commits, calls the providers outside any
+transaction, then records each result. A message is claimed (``sending``, with a lease) before
+its provider is called, and a message still ``sending`` when its lease expires is marked failed
+rather than sent again: the provider may already have taken it, and sending twice is worse than
+not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import translation
+
+from ..conf import app_settings
+from ..exceptions import (
+    ChannelError,
+    NotReachable,
+    PermanentChannelError,
+    RateLimited,
+    SendCancelled,
+)
+from ..profiles.models import CustomerProfile, Purpose
+from ..signals import pre_send
+from .base import BaseChannel, SendResult
+from .models import ChannelThrottle, Message, MessageStatus, MessageStatusChange
+from .registry import get_channel
+from .status import record_status
+
+logger = logging.getLogger("omnichannel.channels")
+
+
+def message_context(
+    message: Message, profile: CustomerProfile, channel: BaseChannel, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What every message template sees, plus the caller's ``extra``."""
+    from ..tracking import links
+
+    context: dict[str, Any] = {
+        "message": message,
+        "profile": profile,
+        "channel": channel,
+        "first_name": profile.first_name,
+        "shop_name": getattr(settings, "OSCAR_SHOP_NAME", ""),
+        "site_url": links.site_url(),
+        "preferences_url": links.preferences_url(profile),
+        "unsubscribe_url": links.unsubscribe_url(message),
+        "is_marketing": message.purpose == Purpose.MARKETING,
+    }
+    context.update(extra)
+    return context
+
+
+def queue_message(
+    profile: CustomerProfile,
+    *,
+    channel: str,
+    purpose: str,
+    now: datetime,
+    template: str = "",
+    inline: dict[str, str] | None = None,
+    context: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+    send_at: datetime | None = None,
+    tags: Iterable[str] = (),
+) -> Message:
+    """Render and store a message for delivery; returns it (status ``queued``).
+
+    Raises NotReachable when the person has no address on the channel, no consent for the
+    purpose, or a suppressed address. With ``dedupe_key``, a second call returns the first
+    message instead of queueing another.
+    """
+    if purpose not in Purpose.values:
+        raise ValueError(f"unknown purpose {purpose!r}; expected one of {Purpose.values}")
+    backend = get_channel(channel)
+    if dedupe_key:
+        existing = Message.objects.filter(dedupe_key=dedupe_key).first()
+        if existing is not None:
+            return existing
+    reach = backend.reachability(profile, purpose)
+    if not reach.ok:
+        raise NotReachable(reach.reason)
+    language = profile.language or settings.LANGUAGE_CODE
+    try:
+        with transaction.atomic():
+            message = Message.objects.create(
+                profile=profile,
+                channel=channel,
+                purpose=purpose,
+                address=reach.address or "",
+                template=template,
+                language=language,
+                tags=list(tags),
+                currency=backend.currency,
+                dedupe_key=dedupe_key or None,
+                status=MessageStatus.QUEUED,
+                status_changed_at=now,
+                created_at=now,
+                queued_at=now,
+                next_attempt_at=send_at or now,
+            )
+            with translation.override(language):
+                backend.render(
+                    message,
+                    message_context(message, profile, backend, context or {}),
+                    template=template,
+                    inline=inline,
+                )
+            message.units = backend.units(message)
+            message.cost = backend.cost_of(message).quantize(Decimal("0.00001"))
+            message.save()
+            MessageStatusChange.objects.create(
+                message=message,
+                status=MessageStatus.QUEUED,
+                occurred_at=now,
+                recorded_at=now,
+                source="omnichannel",
+            )
+    except IntegrityError:
+        if dedupe_key:
+            existing = Message.objects.filter(dedupe_key=dedupe_key).first()
+            if existing is not None:
+                return existing
+        raise
+    return message
+
+
+# --- delivery --------------------------------------------------------------------------------
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1-based): exponential backoff with full jitter, capped."""
+    base = float(app_settings.SEND_RETRY_BASE_DELAY)
+    cap = float(app_settings.SEND_RETRY_MAX_DELAY)
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    # Full jitter (AWS architecture blog): spreads a burst of failures over the window.
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311  (not cryptographic)
+
+
+def paused_channels(now: datetime) -> set[str]:
+    return set(
+        ChannelThrottle.objects.filter(paused_until__gt=now).values_list("channel", flat=True)
+    )
+
+
+def claim_due_messages(
+    *, now: datetime, limit: int, ids: Iterable[int] | None = None
+) -> list[Message]:
+    """Mark up to ``limit`` due queued messages ``sending`` under one claim; return them.
+
+    The claim is one UPDATE of rows still queued, tagged with a token of this run, so two
+    workers never get the same message on any database; on PostgreSQL the candidate rows are
+    read with SKIP LOCKED so workers do not wait on each other.
+    """
+    claim = uuid.uuid4().hex
+    lease = now + timedelta(seconds=int(app_settings.SENDING_LEASE))
+    with transaction.atomic():
+        candidates = Message.objects.filter(
+            status=MessageStatus.QUEUED, next_attempt_at__lte=now
+        ).order_by("next_attempt_at", "id")
+        if ids is not None:
+            candidates = candidates.filter(pk__in=list(ids))
+        paused = paused_channels(now)
+        if paused:
+            candidates = candidates.exclude(channel__in=paused)
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        chosen = list(candidates.values_list("id", flat=True)[:limit])
+        if not chosen:
+            return []
+        Message.objects.filter(pk__in=chosen, status=MessageStatus.QUEUED).update(
+            status=MessageStatus.SENDING,
+            status_changed_at=now,
+            sending_at=now,
+            claimed_by=claim,
+            lease_expires_at=lease,
+            attempts=F("attempts") + 1,
+        )
+    return list(
+        Message.objects.filter(claimed_by=claim, status=MessageStatus.SENDING)
+        .select_related("profile")
+        .order_by("id")
+    )
+
+
+def deliver_due_messages(*, now: datetime, limit: int | None = None) -> int:
+    """Claim and send due messages, channel by channel in provider-sized batches.
+
+    Returns how many were claimed. Also fails messages whose sending lease expired.
+    """
+    fail_stale_sends(now=now)
+    claimed = claim_due_messages(now=now, limit=limit or int(app_settings.DELIVERY_BATCH_SIZE))
+    by_channel: dict[str, list[Message]] = defaultdict(list)
+    for message in claimed:
+        by_channel[message.channel].append(message)
+    for name, messages in by_channel.items():
+        _deliver_claimed(name, messages, now=now)
+    return len(claimed)
+
+
+def deliver_message(message: Message, *, now: datetime) -> Message:
+    """Send one queued message now (e.g. an admin's test send); returns it refreshed.
+
+    A message that is not queued (already sent, or claimed by a worker) is returned as it is.
+    """
+    claimed = claim_due_messages(now=now, limit=1, ids=[message.pk])
+    if claimed:
+        _deliver_claimed(claimed[0].channel, claimed, now=now)
+    return Message.objects.get(pk=message.pk)
+
+
+def _deliver_claimed(name: str, messages: list[Message], *, now: datetime) -> None:
+    try:
+        backend = get_channel(name)
+    except Exception as exc:  # noqa: BLE001  (a removed channel fails its messages, not the run)
+        for message in messages:
+            _finish(message, PermanentChannelError(str(exc)), now=now)
+        return
+    sendable = [m for m in messages if _still_allowed(backend, m, now=now)]
+    for start in range(0, len(sendable), max(backend.batch_size, 1)):
+        batch = sendable[start : start + max(backend.batch_size, 1)]
+        try:
+            results: list[SendResult] = backend.send_batch(batch)
+        except ChannelError as exc:
+            results = [exc] * len(batch)
+        except Exception as exc:  # a bug in a backend must not lose the batch (logged)
+            logger.exception("channel %s crashed sending %d messages", name, len(batch))
+            results = [PermanentChannelError(f"{type(exc).__name__}: {exc}")] * len(batch)
+        if len(results) != len(batch):
+            logger.error("channel %s returned %d results for %d", name, len(results), len(batch))
+            results = [*results, *[PermanentChannelError("no result from channel")] * len(batch)]
+        for message, result in zip(batch, results, strict=False):
+            _finish(message, result, now=now)
+
+
+def _still_allowed(backend: BaseChannel, message: Message, *, now: datetime) -> bool:
+    """Consent and suppression are checked again at send time: they may have changed."""
+    reason = ""
+    if message.profile is None:
+        reason = "the person's profile was erased"
+    else:
+        reach = backend.reachability(message.profile, message.purpose)
+        if not reach.ok:
+            reason = reach.reason
+    if not reason:
+        try:
+            pre_send.send(sender=type(backend), message=message, channel=backend)
+        except SendCancelled as exc:
+            reason = f"cancelled: {exc}"
+    if reason:
+        Message.objects.filter(pk=message.pk).update(claimed_by="", lease_expires_at=None)
+        record_status(message, MessageStatus.SUPPRESSED, at=now, source="omnichannel", error=reason)
+        return False
+    return True
+
+
+def _finish(message: Message, result: SendResult, *, now: datetime) -> None:
+    """Store one send result."""
+    base = Message.objects.filter(pk=message.pk, status=MessageStatus.SENDING)
+    if isinstance(result, str):
+        base.update(
+            provider_message_id=result[:255],
+            provider=message.provider or message.channel,
+            claimed_by="",
+            lease_expires_at=None,
+            error="",
+        )
+        record_status(message, MessageStatus.SENT, at=now, source="omnichannel")
+        return
+    if isinstance(result, RateLimited):
+        until = _throttle(message.channel, result, now=now)
+        # Not the message's fault: the attempt does not count.
+        base.update(
+            status=MessageStatus.QUEUED,
+            next_attempt_at=until,
+            attempts=F("attempts") - 1,
+            claimed_by="",
+            lease_expires_at=None,
+            error=f"rate limited: {result.reason}"[:2000],
+        )
+        return
+    attempts = Message.objects.filter(pk=message.pk).values_list("attempts", flat=True).first()
+    if isinstance(result, PermanentChannelError) or (attempts or 0) >= int(
+        app_settings.SEND_MAX_ATTEMPTS
+    ):
+        base.update(claimed_by="", lease_expires_at=None)
+        record_status(
+            message,
+            MessageStatus.FAILED,
+            at=now,
+            source=message.channel,
+            error=result.reason,
+            detail={"attempts": attempts, "permanent": isinstance(result, PermanentChannelError)},
+        )
+        return
+    base.update(
+        status=MessageStatus.QUEUED,
+        next_attempt_at=now + timedelta(seconds=retry_delay(attempts or 1)),
+        claimed_by="",
+        lease_expires_at=None,
+        error=result.reason[:2000],
+    )
+    MessageStatusChange.objects.create(
+        message_id=message.pk,
+        status=MessageStatus.QUEUED,
+        occurred_at=now,
+        recorded_at=now,
+        source=message.channel,
+        detail={"retry": attempts, "error": result.reason[:500]},
+    )
+
+
+def _throttle(channel: str, error: RateLimited, *, now: datetime) -> datetime:
+    """Pause the channel after a 429; consecutive 429s double the pause up to the cap."""
+    with transaction.atomic():
+        throttle, _ = ChannelThrottle.objects.select_for_update().get_or_create(
+            channel=channel, defaults={"paused_until": now}
+        )
+        recent = throttle.paused_until >= now - timedelta(
+            seconds=int(app_settings.THROTTLE_MAX_PAUSE)
+        )
+        throttle.consecutive = throttle.consecutive + 1 if recent else 1
+        pause = float(app_settings.THROTTLE_BASE_PAUSE) * 2 ** (throttle.consecutive - 1)
+        if error.retry_after:
+            pause = max(pause, float(error.retry_after))
+        pause = min(pause, float(app_settings.THROTTLE_MAX_PAUSE))
+        until = max(throttle.paused_until, now + timedelta(seconds=pause))
+        throttle.paused_until = until
+        throttle.reason = error.reason[:500]
+        throttle.save()
+    logger.warning("channel %s rate limited: paused for %.0f s (%s)", channel, pause, error.reason)
+    return until
+
+
+def fail_stale_sends(*, now: datetime) -> int:
+    """Mark failed the messages whose worker died mid-send (their lease expired)."""
+    stale = list(
+        Message.objects.filter(status=MessageStatus.SENDING, lease_expires_at__lt=now).values_list(
+            "pk", flat=True
+        )
+    )
+    for pk in stale:
+        record_status(
+            pk,
+            MessageStatus.FAILED,
+            at=now,
+            source="omnichannel",
+            error="the worker stopped while sending; not retried, so it cannot be sent twice",
+        )
+    if stale:
+        Message.objects.filter(pk__in=stale).update(claimed_by="", lease_expires_at=None)
+        logger.warning("%d messages were still sending after their lease: failed", len(stale))
+    return len(stale)
