@@ -11,3 +11,4 @@ class OmnichannelConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers system checks)
         from .profiles import receivers  # noqa: F401  (connects Oscar signal receivers)
+        from .tracking import receivers as tracking_receivers  # noqa: F401  (anymail tracking)

@@ -1,0 +1,1 @@
+"""Receivers for providers' reports (anymail's ``tracking`` signal). (Being written: #3.)"""
