@@ -74,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
     "EMAIL_OPEN_PIXEL": False,
     # Wrap links in emails through our signed click redirect (when the ESP does not track).
     "EMAIL_CLICK_REDIRECT": False,
+    # Consent channels whose transactional messages (receipts, order updates) the preference
+    # centre shows as always on: a shop owes an order confirmation on a durable medium. The
+    # transactional toggles of other channels can be switched off there.
+    "PREFERENCES_LOCKED_TRANSACTIONAL": ["email"],
 }
 
 
