@@ -229,8 +229,9 @@ def _deliver_claimed(name: str, messages: list[Message], *, now: datetime) -> No
             _finish(message, PermanentChannelError(str(exc)), now=now)
         return
     sendable = [m for m in messages if _still_allowed(backend, m, now=now)]
-    for start in range(0, len(sendable), max(backend.batch_size, 1)):
-        batch = sendable[start : start + max(backend.batch_size, 1)]
+    size = max(backend.batch_size, 1)
+    for start in range(0, len(sendable), size):
+        batch = sendable[start : start + size]
         try:
             results: list[SendResult] = backend.send_batch(batch)
         except ChannelError as exc:
@@ -241,8 +242,30 @@ def _deliver_claimed(name: str, messages: list[Message], *, now: datetime) -> No
         if len(results) != len(batch):
             logger.error("channel %s returned %d results for %d", name, len(results), len(batch))
             results = [*results, *[PermanentChannelError("no result from channel")] * len(batch)]
+        limited = next((r for r in results if isinstance(r, RateLimited)), None)
+        until = _throttle(name, limited, now=now) if limited is not None else None
         for message, result in zip(batch, results, strict=False):
-            _finish(message, result, now=now)
+            if isinstance(result, RateLimited):
+                _requeue_after_throttle(message, result, until=until or now)
+            else:
+                _finish(message, result, now=now)
+        if limited is not None:
+            # The provider asked us to stop: the rest of the claim waits for the pause too.
+            for message in sendable[start + size :]:
+                _requeue_after_throttle(message, limited, until=until or now)
+            return
+
+
+def _requeue_after_throttle(message: Message, error: RateLimited, *, until: datetime) -> None:
+    # Not the message's fault: the attempt does not count.
+    Message.objects.filter(pk=message.pk, status=MessageStatus.SENDING).update(
+        status=MessageStatus.QUEUED,
+        next_attempt_at=until,
+        attempts=F("attempts") - 1,
+        claimed_by="",
+        lease_expires_at=None,
+        error=f"rate limited: {error.reason}"[:2000],
+    )
 
 
 def _still_allowed(backend: BaseChannel, message: Message, *, now: datetime) -> bool:
@@ -278,18 +301,6 @@ def _finish(message: Message, result: SendResult, *, now: datetime) -> None:
             error="",
         )
         record_status(message, MessageStatus.SENT, at=now, source="omnichannel")
-        return
-    if isinstance(result, RateLimited):
-        until = _throttle(message.channel, result, now=now)
-        # Not the message's fault: the attempt does not count.
-        base.update(
-            status=MessageStatus.QUEUED,
-            next_attempt_at=until,
-            attempts=F("attempts") - 1,
-            claimed_by="",
-            lease_expires_at=None,
-            error=f"rate limited: {result.reason}"[:2000],
-        )
         return
     attempts = Message.objects.filter(pk=message.pk).values_list("attempts", flat=True).first()
     if isinstance(result, PermanentChannelError) or (attempts or 0) >= int(
