@@ -123,6 +123,7 @@ class DemoLoader:
             self.load_customers()
             self.update_search_index()
         self.fold()
+        self.load_channels()
         return self.created
 
     def load_site(self) -> None:
@@ -416,3 +417,80 @@ class DemoLoader:
 
         folded = fold_pending_events(now=timezone.now(), batch_size=1000)
         self.created["events folded"] += folded
+
+    def load_channels(self) -> None:
+        """Consents, push devices and Telegram chats, so every channel has someone to reach.
+
+        Drawn from a generator seeded per customer (like the plan). The first customer can be
+        reached on every channel: the one to pick for a test send from the admin.
+        """
+        if not omnichannel_installed():
+            return
+        import random
+
+        from push_notifications.models import APNSDevice, GCMDevice, WebPushDevice
+
+        from omnichannel.profiles.consents import current_consents, record_consent
+        from omnichannel.profiles.models import CustomerProfile, Identity, IdentityKind
+
+        first_email = self._first_customer_email()
+        profiles = CustomerProfile.objects.filter(user__isnull=False).select_related("user")
+        for profile in profiles.order_by("user__date_joined", "pk"):
+            user = profile.user
+            rng = random.Random(f"{self.seed}:channels:{user.username}")
+            first = user.username == first_email
+            with transaction.atomic():
+                wants = {
+                    "email": first or rng.random() < 0.75,
+                    "sms": first or rng.random() < 0.35,
+                    "webpush": first or rng.random() < 0.4,
+                    "push": first or rng.random() < 0.3,
+                    "messenger": first or rng.random() < 0.2,
+                }
+                if wants["webpush"]:
+                    WebPushDevice.objects.get_or_create(
+                        registration_id=f"https://push.example.invalid/wpush/{user.pk}",
+                        defaults={
+                            "user": user,
+                            "name": "Chrome on laptop",
+                            "browser": "CHROME",
+                            "p256dh": "BDemoKeyDemoKeyDemoKeyDemoKeyDemoKeyDemoKey",
+                            "auth": "demoauthsecret",
+                        },
+                    )
+                if wants["push"]:
+                    if rng.random() < 0.5 and not first:
+                        APNSDevice.objects.get_or_create(
+                            registration_id=f"{user.pk:064x}",
+                            defaults={"user": user, "name": "iPhone"},
+                        )
+                    else:
+                        GCMDevice.objects.get_or_create(
+                            registration_id=f"demo-fcm-token-{user.pk}",
+                            defaults={"user": user, "name": "Android", "cloud_message_type": "FCM"},
+                        )
+                if wants["messenger"]:
+                    Identity.objects.get_or_create(
+                        kind=IdentityKind.TELEGRAM,
+                        value=str(100_000_000 + user.pk),
+                        defaults={"profile": profile},
+                    )
+                existing = current_consents(profile)
+                for channel, granted in wants.items():
+                    if (channel, "marketing") in existing:
+                        continue
+                    record_consent(
+                        profile,
+                        channel=channel,
+                        purpose="marketing",
+                        granted=granted,
+                        now=self.at(Moment(days_ago=rng.randint(30, 400), hour=12, minute=0)),
+                        source="web",
+                        note="demo data",
+                    )
+                    self.created["consents"] += 1
+        self.log(f"channels: consents {self.created['consents']}")
+
+    def _first_customer_email(self) -> str:
+        plans = build_plan(seed=self.seed, customers=1, products=self.n_products)
+        return plans[0].email if plans else ""
