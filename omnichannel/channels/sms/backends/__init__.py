@@ -1,0 +1,1 @@
+"""SMS backends: ``console`` and ``locmem`` (development, tests) and ``twilio`` (a real one)."""
