@@ -74,6 +74,12 @@ DEFAULTS: dict[str, Any] = {
     "EMAIL_OPEN_PIXEL": False,
     # Wrap links in emails through our signed click redirect (when the ESP does not track).
     "EMAIL_CLICK_REDIRECT": False,
+    # --- Segments (omnichannel/segments/) ----------------------------------------------------
+    # How often beat refreshes the RFM and engagement scores (seconds); read by
+    # omnichannel_setup_schedules. About 20 s of database work per million profiles.
+    "SEGMENT_SCORES_REFRESH_INTERVAL": 60 * 60,
+    # Messages of the last N days count for the preferred channel and best send hour.
+    "ENGAGEMENT_WINDOW_DAYS": 180,
     # Consent channels whose transactional messages (receipts, order updates) the preference
     # centre shows as always on: a shop owes an order confirmation on a durable medium. The
     # transactional toggles of other channels can be switched off there.

@@ -15,3 +15,11 @@ from .profiles.models import (  # noqa: F401
     ProfileMerge,
     PurchasedCategory,
 )
+from .segments.models import (  # noqa: F401
+    EngagementScore,
+    PurchasedProduct,
+    RfmScore,
+    Segment,
+    SegmentSnapshot,
+    SegmentSnapshotMember,
+)

@@ -29,3 +29,14 @@ def deliver_due_messages_task() -> int:
     from .channels.sending import deliver_due_messages
 
     return deliver_due_messages(now=timezone.now())
+
+
+REFRESH_SEGMENT_SCORES_TASK = "omnichannel.segments.refresh_rfm"
+
+
+@shared_task(name=REFRESH_SEGMENT_SCORES_TASK, ignore_result=True)
+def refresh_segment_scores_task() -> dict[str, int]:
+    """Recompute RFM and engagement scores (run by beat every SEGMENT_SCORES_REFRESH_INTERVAL)."""
+    from .segments.scores import refresh_scores
+
+    return refresh_scores(now=timezone.now())

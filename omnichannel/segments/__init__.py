@@ -1,0 +1,1 @@
+"""Segments: audiences defined by rules over customer profiles, evaluated in one SQL query."""
