@@ -367,8 +367,7 @@ class MobilePushChannel(BasePushChannel):
         image = content.get("image")
         url = content.get("url")
         data = {key: content[key] for key in ("url", "message_id") if key in content}
-        return messaging.Message(
-            token=token,
+        message = messaging.Message(
             notification=messaging.Notification(
                 title=content.get("title"), body=content.get("body"), image=image
             ),
@@ -393,6 +392,11 @@ class MobilePushChannel(BasePushChannel):
                 else None,
             ),
         )
+        # push-notifications stores FCM registration tokens. firebase-admin 7.7 deprecates
+        # ``token=`` in favour of installation ids (``fid``), which apps do not register with
+        # push-notifications; set it as push_notifications.gcm does, after construction.
+        message.token = token
+        return message
 
     @staticmethod
     def fcm_request(message: Any) -> dict[str, Any]:
