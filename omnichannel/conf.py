@@ -84,6 +84,21 @@ DEFAULTS: dict[str, Any] = {
     # centre shows as always on: a shop owes an order confirmation on a durable medium. The
     # transactional toggles of other channels can be switched off there.
     "PREFERENCES_LOCKED_TRANSACTIONAL": ["email"],
+    # --- API (omnichannel/api/) -----------------------------------------------------------------
+    # Most events in one POST to events/; a larger batch is refused whole (400).
+    "API_MAX_BATCH": 500,
+    # Most lines in one offline order.
+    "API_MAX_ORDER_LINES": 500,
+    # Largest JSON payload of one event, in bytes (UTF-8).
+    "API_PAYLOAD_MAX_BYTES": 16 * 1024,
+    # Requests per key and period when the key has no rate limit of its own (DRF syntax,
+    # "<n>/second|minute|hour|day"); None or "" for no limit.
+    "API_RATE_LIMIT": "1200/min",
+    # Django cache holding the rate-limit counters: shared by every server process in
+    # production (Redis, Memcached); LocMemCache counts per process.
+    "API_THROTTLE_CACHE": "default",
+    # How far ahead of the server's clock a client's occurred_at may be (seconds).
+    "API_MAX_FUTURE_SKEW": 24 * 60 * 60,
 }
 
 

@@ -1,5 +1,6 @@
 """One app label, one migration history: every sub-package's models are imported here."""
 
+from .api.models import ApiEventReceipt, ApiKey  # noqa: F401
 from .channels.models import (  # noqa: F401
     ChannelThrottle,
     Message,

@@ -6,6 +6,7 @@ Set DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/omnichannel) and CELER
 """
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import dj_database_url
@@ -84,6 +85,10 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "push_notifications",
     "anymail",
+    # The omnichannel API (omnichannel/api/, docs/api.md) and its OpenAPI schema and docs page.
+    "rest_framework",
+    "drf_spectacular",
+    *(["drf_spectacular_sidecar"] if find_spec("drf_spectacular_sidecar") else []),
     "omnichannel",
     "sandbox",
 ]
@@ -210,6 +215,11 @@ OMNICHANNEL = {
         },
     },
 }
+
+# --- Django REST framework: the omnichannel API sets its own authentication, permissions,
+# throttles and schema per view; nothing global is needed beyond the schema class for hosts
+# that generate one schema of all their APIs. -----------------------------------------------
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 
 # --- Celery ------------------------------------------------------------------------------------
 # Embedded default: kombu's filesystem transport needs no server; the worker and the web

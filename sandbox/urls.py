@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("i18n/", include("django.conf.urls.i18n")),
     path("omnichannel/", include("omnichannel.urls")),
+    path("api/omnichannel/", include("omnichannel.api.urls")),
     path("anymail/", include("anymail.urls")),
     path("", include(apps.get_app_config("oscar").urls[0])),
 ]
