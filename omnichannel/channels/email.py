@@ -630,7 +630,7 @@ class _TextExtractor(HTMLParser):
             label = " ".join("".join(self.out[start:]).split())
             if href and not href.startswith(("#", "mailto:", "tel:")) and href != label:
                 self.out.append(f" ({href})" if label else href)
-        elif tag in _BLOCKS or tag in ("h1", "h2", "h3"):
+        elif tag in _BLOCKS and tag != "li":  # the next item starts its own line
             self.out.append("\n")
 
     def handle_data(self, data: str) -> None:
