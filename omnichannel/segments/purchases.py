@@ -28,7 +28,8 @@ _LINES_SQL = {
                  THEN e.{payload} -> 'lines' ELSE '[]'::jsonb END
         ) AS line
         JOIN {product} p ON p.{product_pk} = (
-            CASE WHEN (line ->> 'product_id') ~ '^[0-9]{{1,18}}$'
+            CASE WHEN jsonb_typeof(line -> 'product_id') = 'number'
+                      AND (line ->> 'product_id') ~ '^[0-9]{{1,18}}$'
                  THEN (line ->> 'product_id')::bigint END
         )
     """,

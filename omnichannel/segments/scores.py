@@ -94,7 +94,7 @@ def refresh_rfm(*, now: datetime) -> int:
     )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {table}")  # noqa: S608
-        cursor.execute(sql, [*case_params, now])
+        cursor.execute(sql, [*case_params, connection.ops.adapt_datetimefield_value(now)])
         return max(cursor.rowcount, 0)
 
 
@@ -130,8 +130,11 @@ def refresh_engagement(*, now: datetime, window_days: int | None = None) -> int:
         quote(EngagementScore._meta.get_field(name).column)
         for name in ("profile", "preferred_channel", "best_hour", "engaged_messages", "computed_at")
     )
+    # INSERT first, WITH inside: Python's sqlite3 reports rowcount only for statements that
+    # start with INSERT/UPDATE/DELETE.
     sql = (
-        f"WITH m AS ({inner_sql}), "  # noqa: S608  (the ORM's SQL; values are params)
+        f"INSERT INTO {table} ({columns}) "  # noqa: S608  (the ORM's SQL; values are params)
+        f"WITH m AS ({inner_sql}), "
         "c AS (SELECT pid, ch, COUNT(*) AS sent, SUM(eng) AS eng FROM m GROUP BY pid, ch), "
         "bc AS (SELECT pid, ch, SUM(eng) OVER (PARTITION BY pid) AS total, ROW_NUMBER() OVER ("
         "  PARTITION BY pid ORDER BY (eng * 1.0) / (sent + 2) DESC, eng DESC, ch) AS rn"
@@ -139,13 +142,12 @@ def refresh_engagement(*, now: datetime, window_days: int | None = None) -> int:
         "h AS (SELECT pid, hr, COUNT(*) AS n FROM m WHERE eng = 1 GROUP BY pid, hr), "
         "bh AS (SELECT pid, hr, ROW_NUMBER() OVER (PARTITION BY pid ORDER BY n DESC, hr) AS rn"
         "  FROM h) "
-        f"INSERT INTO {table} ({columns}) "
         "SELECT bc.pid, bc.ch, bh.hr, bc.total, %s FROM bc "
         "LEFT JOIN bh ON bh.pid = bc.pid AND bh.rn = 1 WHERE bc.rn = 1"
     )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {table}")  # noqa: S608
-        cursor.execute(sql, [*inner_params, now])
+        cursor.execute(sql, [*inner_params, connection.ops.adapt_datetimefield_value(now)])
         return max(cursor.rowcount, 0)
 
 

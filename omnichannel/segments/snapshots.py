@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db import connection, transaction
+from django.db.models import F
 
 from .models import Segment, SegmentSnapshot, SegmentSnapshotMember
 
@@ -16,7 +17,7 @@ def snapshot_segment(segment: Segment, *, now: datetime, note: str = "") -> Segm
     The members go in with one ``INSERT INTO ... SELECT`` built from the segment's queryset, so
     a million members never pass through Python.
     """
-    members = segment.queryset(now=now).order_by().values("pk")
+    members = segment.queryset(now=now).order_by().values(member=F("pk"))
     select_sql, params = members.query.sql_with_params()  # compile first: a RuleError stops here
     snapshot = SegmentSnapshot.objects.create(
         segment=segment, created_at=now, note=note[:255], rules=segment.rules
@@ -28,7 +29,7 @@ def snapshot_segment(segment: Segment, *, now: datetime, note: str = "") -> Segm
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} ({snapshot_column}, {profile_column}) "  # noqa: S608
-            f"SELECT %s, members.{quote('id')} FROM ({select_sql}) AS members",
+            f"SELECT %s, members.{quote('member')} FROM ({select_sql}) AS members",
             [snapshot.pk, *params],
         )
         size = max(cursor.rowcount, 0)

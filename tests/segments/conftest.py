@@ -34,9 +34,9 @@ def matching(rules: dict[str, Any], *, now: datetime = NOW) -> set[int]:
     )
 
 
-def one(type: str, negate: bool = False, **params: Any) -> set[int]:
+def one(type: str, negate: bool = False, now: datetime = NOW, **params: Any) -> set[int]:
     """Profiles matched by a single condition."""
-    return matching(group("all", cond(type, negate, **params)))
+    return matching(group("all", cond(type, negate, **params)), now=now)
 
 
 def profile(**fields: Any) -> CustomerProfile:
