@@ -66,6 +66,7 @@ MAX_TEXT_LENGTH = 4096
 #: Bot API parse modes we can escape for: HTML (Django's autoescaping is HTML escaping) and
 #: plain text. Markdown needs its own escaping rules, which templates cannot apply.
 PARSE_MODES = ("HTML", "")
+_CHAT_ID_RE = re.compile(r"^-?\d{1,20}$")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _OPTIONS = frozenset(
     {"BOT_TOKEN", "BOT_USERNAME", "API_URL", "WEBHOOK_SECRET", "PARSE_MODE", "TIMEOUT"}
@@ -159,7 +160,10 @@ class TelegramChannel(BaseChannel):
         """The sendMessage parameters; the button goes through our signed click redirect."""
         from ..tracking.links import click_url
 
-        payload: dict[str, Any] = {"chat_id": message.address, "text": message.body_text}
+        payload: dict[str, Any] = {
+            "chat_id": api_chat_id(message.address),
+            "text": message.body_text,
+        }
         if self.parse_mode:
             payload["parse_mode"] = self.parse_mode
         if message.data.get("button_text") and message.data.get("button_url"):
@@ -262,6 +266,11 @@ class TelegramChannel(BaseChannel):
             logger.warning("%s: reply to chat %s failed: %s", self.name, chat_id, exc)
             return False
         return True
+
+
+def api_chat_id(address: str) -> int | str:
+    """The chat id as Telegram gives it: an integer (a channel's @username stays a string)."""
+    return int(address) if _CHAT_ID_RE.match(address) else address
 
 
 def _error_code(exc: PermanentChannelError) -> int | None:
