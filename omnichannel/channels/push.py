@@ -762,10 +762,13 @@ def _follow_push_notifications_settings(*, setting: str, enter: bool, **kwargs: 
     shared = push_settings.PUSH_NOTIFICATIONS_SETTINGS
     if enter:
         _saved_push_settings.append(dict(shared))
-        # Re-running the module applies push-notifications' defaults to the new value.
-        fresh = dict(importlib.reload(push_settings).PUSH_NOTIFICATIONS_SETTINGS)
+    if not enter and _saved_push_settings:
+        # The saved copy, not the settings' dict: that may be the very dict we refilled.
+        fresh = _saved_push_settings.pop()
     else:
-        fresh = _saved_push_settings.pop() if _saved_push_settings else {}
+        # Re-running the module applies push-notifications' defaults to the current value
+        # (also when an override began before this module was imported).
+        fresh = dict(importlib.reload(push_settings).PUSH_NOTIFICATIONS_SETTINGS)
     push_settings.PUSH_NOTIFICATIONS_SETTINGS = shared
     shared.clear()
     shared.update(fresh)

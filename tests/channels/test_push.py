@@ -860,3 +860,16 @@ def test_unknown_options_are_refused():
     ):
         registry.get_channel("push")
     assert MobilePushChannel.consent_channel == "push"
+
+
+def test_override_settings_reaches_push_notifications_and_is_undone():
+    from push_notifications.conf import get_manager
+    from push_notifications.settings import PUSH_NOTIFICATIONS_SETTINGS as shared
+
+    before = dict(shared)
+    claims = {"sub": "mailto:ops@shop.example.com"}
+    with override_settings(PUSH_NOTIFICATIONS_SETTINGS={"WP_CLAIMS": claims}):
+        assert get_manager().get_wp_claims() == claims
+        assert shared["FCM_MAX_RECIPIENTS"] == 1000  # push-notifications' defaults applied
+    assert dict(shared) == before
+    assert get_manager().get_wp_claims() == before["WP_CLAIMS"]
