@@ -89,9 +89,10 @@ def _page(
 
 def _private(response: HttpResponse) -> HttpResponse:
     # The URL holds a personal token: keep it out of caches, search engines and the Referer
-    # header of the next site the visitor goes to.
+    # header of other sites. "same-origin", not "no-referrer": under no-referrer browsers send
+    # "Origin: null" with our own form's POST, which Django's CSRF check refuses.
     add_never_cache_headers(response)
-    response["Referrer-Policy"] = "no-referrer"
+    response["Referrer-Policy"] = "same-origin"
     response["X-Robots-Tag"] = "noindex, nofollow"
     return response
 

@@ -148,7 +148,7 @@ def test_click_records_clicked_and_redirects_to_the_signed_url(
         response = client.get(path(url))
     assert response.status_code == 302
     assert response["Location"] == "https://shop.example.com/catalogue/fridge_1/?utm_source=x"
-    assert response["Referrer-Policy"] == "no-referrer"
+    assert response["Referrer-Policy"] == "same-origin"
     message.refresh_from_db()
     assert message.status == MessageStatus.CLICKED and message.clicked_at is not None
     change = message.history.get()
