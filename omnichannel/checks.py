@@ -38,6 +38,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                 )
             )
     problems.extend(_check_sqlite())
+    problems.extend(_check_channels())
     if MIDDLEWARE_PATH not in getattr(settings, "MIDDLEWARE", []):
         problems.append(
             Warning(
@@ -74,3 +75,36 @@ def _check_sqlite() -> list:
                 )
             )
     return problems
+
+
+def _check_channels() -> list:
+    """Every configured channel must build; its links need our URLs."""
+    from django.urls import NoReverseMatch, reverse
+
+    from .channels.registry import get_channels
+    from .exceptions import ConfigurationError
+
+    try:
+        channels = get_channels()
+    except ConfigurationError as exc:
+        return [
+            Error(
+                str(exc),
+                hint="See docs/channels.md for the shape of OMNICHANNEL['CHANNELS'].",
+                id="omnichannel.E004",
+            )
+        ]
+    if not channels:
+        return []
+    try:
+        reverse("omnichannel:unsubscribe", args=["x"])
+    except NoReverseMatch:
+        return [
+            Warning(
+                "Channels are configured but the omnichannel URLs are not included: links in "
+                "messages (unsubscribe, preferences, click tracking) cannot be built.",
+                hint='Add path("omnichannel/", include("omnichannel.urls")) to your urls.py.',
+                id="omnichannel.W002",
+            )
+        ]
+    return []

@@ -34,6 +34,15 @@ def test_system_checks_name_bad_settings(settings):
     assert "omnichannel.W001" in check_ids()
 
 
+def test_system_checks_name_a_broken_channel_and_missing_urls(settings):
+    assert not {"omnichannel.E004", "omnichannel.W002"} & check_ids()
+    settings.OMNICHANNEL = {"CHANNELS": {"fax": {"BACKEND": "no.such.FaxChannel"}}}
+    assert "omnichannel.E004" in check_ids()
+    settings.OMNICHANNEL = {}
+    settings.ROOT_URLCONF = "tests.urls_without_omnichannel"
+    assert "omnichannel.W002" in check_ids()
+
+
 @pytest.mark.django_db
 def test_setup_schedules_creates_and_updates_only_its_own_rows(settings):
     every_minute = IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS)
