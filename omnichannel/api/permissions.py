@@ -19,5 +19,5 @@ class HasScope(BasePermission):
         scope = getattr(view, "required_scope", None)
         if scope is None or key.has_scope(scope):
             return True
-        self.message = f"This API key lacks the {scope!r} scope."
+        self.message = f"This API key lacks the '{scope}' scope."
         return False

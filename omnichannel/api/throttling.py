@@ -30,7 +30,7 @@ def parse_rate(rate: str) -> tuple[int, int]:
             f"{rate!r} is not a rate: write <requests>/<second|minute|hour|day>, e.g. 600/min"
         ) from None
     if requests < 1:
-        raise ValueError(f"{rate!r}: the number of requests must be at least 1")
+        raise ValueError(f"{rate!r} is not a usable rate: it allows no request at all")
     return requests, seconds
 
 
