@@ -149,3 +149,52 @@ def test_a_real_worker_folds_the_events_of_a_checkout(client, worker):
     assert profile.total_spent == order.total_incl_tax
     assert set(Event.objects.values_list("profile_id", flat=True)) == {profile.pk}
     assert "omnichannel.profiles.fold_events" in worker.log_path.read_text(errors="replace")
+
+
+@pytest.mark.redis
+@pytest.mark.celery_worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(180)
+def test_a_real_worker_delivers_queued_messages_once(worker):
+    """The beat task's work, run by a worker: queued SMS and email go out (to the demo
+    outbox the test settings configure) exactly once, even when the task runs twice."""
+    from django.utils import timezone
+
+    from omnichannel.channels.models import Message, MessageStatus, OutboxEntry
+    from omnichannel.channels.sending import queue_message
+    from omnichannel.profiles.consents import record_consent
+    from omnichannel.profiles.models import Identity, IdentityKind
+    from omnichannel.tasks import deliver_due_messages_task
+
+    now = timezone.now()
+    messages = []
+    for index in range(3):
+        profile = CustomerProfile.objects.create(first_name=f"Worker{index}")
+        Identity.objects.create(
+            profile=profile, kind=IdentityKind.PHONE, value=f"+4477009001{index:02d}"
+        )
+        Identity.objects.create(
+            profile=profile, kind=IdentityKind.EMAIL, value=f"worker{index}@example.com"
+        )
+        for channel in ("sms", "email"):
+            record_consent(profile, channel=channel, purpose="marketing", granted=True, now=now)
+            messages.append(
+                queue_message(
+                    profile, channel=channel, purpose="marketing", template="test", now=now
+                )
+            )
+
+    deliver_due_messages_task.delay()
+    deliver_due_messages_task.delay()
+
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while Message.objects.filter(status=MessageStatus.SENT).count() < len(messages):
+        worker.assert_alive()
+        statuses = list(Message.objects.values_list("channel", "status", "error"))
+        assert time.monotonic() < deadline, f"not all sent: {statuses}{worker.log()}"
+        time.sleep(0.2)
+    time.sleep(1)  # let the second task run: it must find nothing to send
+
+    assert OutboxEntry.objects.count() == len(messages), worker.log()
+    assert set(OutboxEntry.objects.values_list("message_id", flat=True)) == {m.pk for m in messages}
+    assert "omnichannel.channels.deliver_due" in worker.log_path.read_text(errors="replace")
