@@ -15,6 +15,7 @@ import logging
 import re
 import uuid
 from decimal import Decimal
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import formats, timezone, translation
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -207,7 +208,8 @@ def _web_url(value: Any) -> str:
 def _chat_buttons(payload: dict[str, Any], data: dict[str, Any]) -> list[dict[str, str]]:
     """Inline keyboard buttons of a Telegram payload, or the button in the message data."""
     buttons: list[dict[str, str]] = []
-    markup = _lookup(payload, "reply_markup")
+    request = _lookup(payload, "json") if isinstance(_lookup(payload, "json"), dict) else payload
+    markup = _lookup(request, "reply_markup")
     if isinstance(markup, str):
         try:
             markup = json.loads(markup)
@@ -221,10 +223,84 @@ def _chat_buttons(payload: dict[str, Any], data: dict[str, Any]) -> list[dict[st
                     {"text": _as_text(button["text"]), "url": _web_url(button.get("url"))}
                 )
     if not buttons:
-        text = _lookup(data, "button", "button_text", "button.txt")
+        text = _lookup(data, "button_text", "button")
         if text:
-            buttons.append({"text": _as_text(text), "url": _web_url(_lookup(data, "url"))})
+            url = _lookup(data, "button_url", "url")
+            buttons.append({"text": _as_text(text), "url": _web_url(url)})
     return buttons
+
+
+#: The HTML Telegram formats (parse_mode HTML); everything else is shown as text.
+TELEGRAM_TAGS = {
+    "b": "b",
+    "strong": "strong",
+    "i": "i",
+    "em": "em",
+    "u": "u",
+    "ins": "ins",
+    "s": "s",
+    "strike": "s",
+    "del": "del",
+    "code": "code",
+    "pre": "pre",
+    "blockquote": "blockquote",
+    "a": "a",
+    "tg-spoiler": "span",
+    "span": "span",
+}
+
+
+class _TelegramHTML(HTMLParser):
+    """Rebuilds Telegram-formatted text from scratch: allowed tags without attributes (links
+    keep an http(s) href), text escaped, every tag closed, so nothing reaches the admin page
+    that could run or restyle it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        name = TELEGRAM_TAGS.get(tag)
+        if name is None:
+            return
+        if name == "a":
+            href = _web_url(dict(attrs).get("href"))
+            self.out.append(
+                format_html('<a href="{}" target="_blank" rel="noopener noreferrer">', href)
+                if href
+                else "<a>"
+            )
+        elif name == "span":
+            self.out.append('<span class="oc-spoiler">')
+        else:
+            self.out.append(f"<{name}>")
+        self.open.append(name)
+
+    def handle_endtag(self, tag: str) -> None:
+        name = TELEGRAM_TAGS.get(tag)
+        if name is None or name not in self.open:
+            return
+        while self.open:
+            last = self.open.pop()
+            self.out.append(f"</{last}>")
+            if last == name:
+                break
+
+    def handle_data(self, data: str) -> None:
+        self.out.append(str(escape(data)))
+
+    def result(self) -> SafeString:
+        self.close()
+        closing = "".join(f"</{name}>" for name in reversed(self.open))
+        return SafeString("".join(self.out) + closing)
+
+
+def telegram_html(text: str) -> SafeString:
+    """Telegram's HTML formatting as safe admin HTML (see _TelegramHTML)."""
+    parser = _TelegramHTML()
+    parser.feed(text)
+    return parser.result()
 
 
 def content_context(
@@ -292,6 +368,7 @@ def content_context(
             _lookup(data, "url", "click_url", "link")
             or _lookup(payload, "url", "click_url", "link")
         )
+        context["target_url"] = _web_url(_lookup(data, "target_url"))
         context["title"] = subject or _as_text(_lookup(notification, "title"))
         context["devices"] = units
     elif kind == "sms":
@@ -300,8 +377,13 @@ def content_context(
         context["sender"] = _as_text(_lookup(payload, "from", "sender") or _lookup(options, "FROM"))
         context["characters"] = len(body_text)
     elif kind == "chat":
+        request = _lookup(payload, "json") if isinstance(_lookup(payload, "json"), dict) else {}
+        text = body_text or _as_text(_lookup(request, "text") or _lookup(payload, "text"))
+        parse_mode = _lookup(request, "parse_mode") or getattr(backend, "parse_mode", "")
         context["buttons"] = _chat_buttons(payload, data)
-        context["chat_text"] = body_text or _as_text(_lookup(payload, "text"))
+        context["chat_html"] = (
+            telegram_html(text) if str(parse_mode).upper() == "HTML" else escape(text)
+        )
     return context
 
 

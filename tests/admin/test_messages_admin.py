@@ -33,6 +33,7 @@ from omnichannel.channels.status import record_status
 from omnichannel.exceptions import PermanentChannelError
 from omnichannel.profiles.consents import record_consent
 from omnichannel.profiles.models import CustomerProfile, Identity, IdentityKind, Purpose
+from sandbox.settings import OMNICHANNEL as DEMO_OMNICHANNEL
 
 pytestmark = pytest.mark.django_db
 
@@ -593,3 +594,113 @@ def test_resume_a_throttled_channel_now(admin_client, ada):
     assert throttle.consecutive == 0
     assert message.next_attempt_at <= timezone.now()
     assert "Resumed 1 channel." in notices(response)[0][1]
+
+
+# --- every channel of the demo shop -------------------------------------------------------------
+
+
+@pytest.fixture
+def everywhere(django_user_model) -> CustomerProfile:
+    """A customer as the demo data makes its first one: reachable on every channel."""
+    from push_notifications.models import GCMDevice, WebPushDevice
+
+    user = django_user_model.objects.create_user(
+        "ada.everywhere", email="ada.everywhere@example.com", password="pw-ada-1"
+    )
+    profile = CustomerProfile.objects.create(user=user, first_name="Ada")
+    Identity.objects.create(profile=profile, kind=IdentityKind.PHONE, value="+447911123456")
+    Identity.objects.create(profile=profile, kind=IdentityKind.TELEGRAM, value="100000042")
+    GCMDevice.objects.create(
+        user=user, registration_id="demo-fcm-token-42", cloud_message_type="FCM", name="Android"
+    )
+    WebPushDevice.objects.create(
+        user=user,
+        registration_id="https://push.example.invalid/wpush/42",
+        browser="CHROME",
+        p256dh="BDemoKeyDemoKeyDemoKeyDemoKeyDemoKeyDemoKey",
+        auth="demoauthsecret",
+    )
+    for channel in ("email", "sms", "push", "webpush", "messenger"):
+        record_consent(
+            profile, channel=channel, purpose=Purpose.MARKETING, granted=True, now=timezone.now()
+        )
+    return profile
+
+
+@pytest.mark.parametrize("channel", ["email", "sms", "push", "webpush", "telegram"])
+def test_preview_and_test_send_on_every_demo_channel(admin_client, settings, everywhere, channel):
+    """The demo shop's own channel settings (all in outbox mode), the welcome template."""
+    assert DEMO_OMNICHANNEL["CHANNELS"][channel]["OPTIONS"]["OUTBOX"] is True
+    settings.OMNICHANNEL = {**DEMO_OMNICHANNEL, "SITE_URL": "https://shop.example.com"}
+    data = form_data(everywhere, channel=channel, purpose=Purpose.MARKETING, template="welcome")
+
+    preview = admin_client.post(PREVIEW, data)
+    assert preview.status_code == 200
+    assert preview.context["preview"]["error"] == ""
+    assert preview.context["preview"]["reach"].ok
+    assert Message.objects.count() == 0
+    assert OutboxEntry.objects.count() == 0
+    assert "Ada" in preview.content.decode()
+
+    data.pop("_preview")
+    data["_send"] = "Send test"
+    response = admin_client.post(PREVIEW, data)
+    message = Message.objects.get()
+    assert response.status_code == 302, notices(response)
+    assert message.status == MessageStatus.SENT, message.error
+    entry = OutboxEntry.objects.get()
+    assert notices(response)[0][0] == "success"
+
+    page = admin_client.get(change_url(entry)).content.decode()
+    message_page = admin_client.get(change_url(message)).content.decode()
+    if channel == "email":
+        assert "Welcome, Ada!" in srcdoc(page)
+        assert "List-Unsubscribe" in page  # marketing: the one-click header
+        assert entry.address == "ada.everywhere@example.com"
+    elif channel == "sms":
+        for shown in (page, message_page):
+            assert 'class="oc-bubble oc-bubble-sms"' in shown
+            assert "Reply STOP to opt out." in shown
+            assert f'<dd class="oc-segments">{message.units} (GSM-7)' in shown
+        assert entry.address == "+447911123456"
+        assert "OmniDemo" in page  # the sender
+    elif channel in ("push", "webpush"):
+        for shown in (page, message_page):
+            assert '<div class="oc-notification-title">Welcome to' in shown
+            assert "Thanks for joining us." in shown
+            assert "1 device" in shown
+            assert "https://shop.example.com/" in shown
+            assert 'class="oc-click-url"' in shown  # through our signed redirect
+    else:
+        for shown in (page, message_page):
+            assert '<div class="oc-chat-text"><b>Welcome to' in shown
+            assert (
+                '<div class="oc-chat-button"><a href="https://shop.example.com/omnichannel/c/'
+                in (shown)
+            )
+            assert "Visit the shop</a>" in shown
+        assert entry.address == "100000042"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("<b>Hi</b> &amp; <i>bye</i>", "<b>Hi</b> &amp; <i>bye</i>"),
+        ('<b onclick="steal()">x</b>', "<b>x</b>"),
+        ("<script>alert(1)</script>", "alert(1)"),
+        ('<a href="javascript:alert(1)">x</a>', "<a>x</a>"),
+        (
+            '<a href="https://shop.example.com/?a=1&b=2">go</a>',
+            '<a href="https://shop.example.com/?a=1&amp;b=2" target="_blank" '
+            'rel="noopener noreferrer">go</a>',
+        ),
+        ("<pre><code>x < y", "<pre><code>x &lt; y</code></pre>"),
+        ("<b>open <i>both</b> after", "<b>open <i>both</i></b> after"),
+        ("</div></td>1 < 2 <style>body{display:none}</style>", "1 &lt; 2 body{display:none}"),
+        ("<tg-spoiler>secret</tg-spoiler>", '<span class="oc-spoiler">secret</span>'),
+    ],
+)
+def test_telegram_formatting_is_rebuilt_safely(text, shown):
+    from omnichannel.admin.messages import telegram_html
+
+    assert telegram_html(text) == shown
