@@ -23,9 +23,10 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from ..channels.registry import get_channel, get_channels
+from ..channels.registry import get_channel
 from ..channels.sms import SmsChannel
 from ..channels.telegram import TelegramChannel, handle_update
+from ..conf import app_settings
 from ..exceptions import ConfigurationError
 from . import links
 
@@ -44,7 +45,12 @@ def _telegram_channel(name: str | None) -> TelegramChannel:
         if isinstance(channel, TelegramChannel):
             return channel
         raise Http404("not a Telegram channel")
-    for channel in get_channels().values():
+    for configured in app_settings.CHANNELS:
+        try:
+            channel = get_channel(configured)
+        except ConfigurationError:
+            # Another channel's broken settings must not take Telegram's webhook down.
+            continue
         if isinstance(channel, TelegramChannel):
             return channel
     raise Http404("no Telegram channel is configured")

@@ -14,6 +14,7 @@ import responses
 import time_machine
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
+from oscar.test.factories import create_basket, create_product
 
 from omnichannel.channels.models import ChannelThrottle, MessageStatus, OutboxEntry
 from omnichannel.channels.registry import get_channel
@@ -283,6 +284,14 @@ def test_demo_templates(use_channels, template):
         assert message.data == {"button_text": "Visit the shop", "button_url": f"{SITE}/"}
     if template == "abandoned_basket":
         assert message.data["button_url"] == "/basket/"  # Oscar's basket page by default
+
+
+def test_abandoned_basket_names_the_first_product(use_channels):
+    use_channels(telegram=TELEGRAM)
+    basket = create_basket(empty=True)
+    basket.add_product(create_product(title="Rain <jacket> & hat", price=Decimal("20.00")))
+    message = queue(customer(), template="abandoned_basket", context={"basket": basket})
+    assert "\u2022 Rain &lt;jacket&gt; &amp; hat" in message.body_text
 
 
 def test_outbox_mode_writes_the_send_message_payload(use_channels):

@@ -391,6 +391,17 @@ def test_the_channel_can_be_named(client, use_channels):
     assert post_update(client, payload, query="?channel=nope").status_code == 404
 
 
+def test_another_channels_broken_settings_do_not_stop_telegram(client, use_channels):
+    broken_sms = {**TWILIO, "OPTIONS": {**TWILIO["OPTIONS"], "FROM": ""}}
+    use_channels(sms=broken_sms, telegram=TELEGRAM)
+    profile = CustomerProfile.objects.create()
+    with responses.RequestsMock() as mock:
+        mock.post(SEND_URL, json={"ok": True, "result": {"message_id": 1}})
+        response = post_update(client, update(f"/start {start_token(profile)}"))
+    assert response.status_code == 200
+    assert Identity.objects.get(kind=IdentityKind.TELEGRAM).profile == profile
+
+
 # --- Twilio delivery reports ---------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import html
 import logging
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.urls import NoReverseMatch, reverse
@@ -235,7 +236,7 @@ class SmsChannel(BaseChannel):
 
     # --- delivery reports --------------------------------------------------------------------
 
-    def record_status_reports(self, reports: Sequence[StatusReport], *, now: Any) -> int:
+    def record_status_reports(self, reports: Sequence[StatusReport], *, now: datetime) -> int:
         """Apply a provider's delivery reports to our messages; returns how many matched.
 
         An unknown provider id (a text sent by something else on the same account, or a
