@@ -643,6 +643,7 @@ def html_to_text(html: str) -> str:
     parser = _TextExtractor()
     parser.feed(html)
     parser.close()
-    lines = [line.strip() for line in "".join(parser.out).splitlines()]
+    # Table cells and inline tags leave runs of spaces: one is enough in plain text.
+    lines = [re.sub(r" {2,}", " ", line).strip() for line in "".join(parser.out).splitlines()]
     text = "\n".join(lines)
     return re.sub(r"\n{3,}", "\n\n", text).strip()

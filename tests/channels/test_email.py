@@ -270,11 +270,14 @@ def test_a_message_needs_a_body(locmem):
     assert (text_only.body_text, text_only.body_html) == ("Plain Ann", "")
 
 
-def test_abandoned_basket_lists_the_lines_with_prices_and_a_button(locmem):
+def test_abandoned_basket_lists_the_lines_with_prices_and_a_button(locmem, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
     profile = make_profile()
     product = factories.create_product(title="Blue kettle", price=Decimal("24.50"))
+    image = factories.ProductImageFactory(product=product)
     basket = factories.create_basket(empty=True)
     basket.add_product(product, quantity=2)
+    basket.add_product(factories.create_product(title="Toaster", price=Decimal("19.99")))
     # As a campaign would load it: from the database, without a request's pricing strategy.
     basket = Basket.objects.get(pk=basket.pk)
     message = queue_message(
@@ -287,7 +290,13 @@ def test_abandoned_basket_lists_the_lines_with_prices_and_a_button(locmem):
     )
     assert message.subject == "Ann, you left something in your basket"
     assert "Blue kettle" in message.body_html
-    assert "£49.00" in message.body_html
+    assert "£49.00" in message.body_html and "£19.99" in message.body_html
+    # The kettle has a picture (absolute URL: mail is read outside the shop); the toaster none.
+    assert (
+        f'<img src="{SITE}{image.original.url}" width="64" alt="Blue kettle"' in message.body_html
+    )
+    assert message.body_html.count("<img") == 1
+    assert "Blue kettle\nQuantity: 2 £49.00\n\nToaster £19.99" in message.body_text
     assert 'href="https://shop.example.com/omnichannel/basket/abc/"' in message.body_html
     assert "Quantity: 2" in message.body_text
     assert "Back to my basket (https://shop.example.com/omnichannel/basket/abc/)" in (

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 
 import pytest
 import responses
+from django.db import OperationalError
 from django.utils import timezone
 
 from omnichannel.channels.models import (
@@ -30,6 +31,7 @@ from omnichannel.channels.sending import deliver_due_messages, queue_message
 from omnichannel.exceptions import NotReachable
 from omnichannel.profiles.consents import current_consents, has_consent
 from omnichannel.profiles.models import Consent, ConsentSource, CustomerProfile
+from omnichannel.signals import message_status_changed
 from tests.channels.test_email import email_settings, make_profile, postmark_ok
 
 pytestmark = pytest.mark.django_db
@@ -383,3 +385,57 @@ def test_mailgun_complaint_withdraws_consent(client, settings, esps):
             template="welcome",
             now=timezone.now(),
         )
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def failing_status_receiver():
+    """A host project's message_status_changed receiver that fails with a chosen exception."""
+    raised: list[BaseException] = []
+
+    def receiver(**kwargs: Any) -> None:
+        if raised:
+            raise raised[0]
+
+    message_status_changed.connect(receiver, dispatch_uid="test-failing-status-receiver")
+    yield raised
+    message_status_changed.disconnect(dispatch_uid="test-failing-status-receiver")
+
+
+def test_a_database_error_reaches_anymail_so_the_esp_retries(
+    client, settings, esps, failing_status_receiver
+):
+    t0 = timezone.now() - timedelta(hours=1)
+    message = send(settings, "postmark", at=t0)
+    failing_status_receiver.append(OperationalError("database is locked"))
+    complaint = postmark_event("spam_complaint", at=t0 + timedelta(minutes=1))
+    # anymail's view lets it through: Django answers 500 and Postmark sends the event again.
+    with pytest.raises(OperationalError):
+        post(client, POSTMARK_HOOK, complaint)
+    message.refresh_from_db()
+    assert message.status == MessageStatus.SENT  # all or nothing: status, suppression, consent
+    assert not Suppression.objects.exists()
+    assert has_consent(message.profile, channel="email", purpose="marketing")
+
+    failing_status_receiver.clear()  # the retry succeeds
+    assert post(client, POSTMARK_HOOK, complaint).status_code == 200
+    message.refresh_from_db()
+    assert message.status == MessageStatus.COMPLAINED
+    assert not has_consent(message.profile, channel="email", purpose="marketing")
+
+
+def test_other_errors_are_logged_and_the_webhook_answers_200(
+    client, settings, esps, failing_status_receiver, caplog
+):
+    t0 = timezone.now() - timedelta(hours=1)
+    message = send(settings, "postmark", at=t0)
+    failing_status_receiver.append(ValueError("a bug in a host's receiver"))
+    with caplog.at_level(logging.ERROR, logger="omnichannel.tracking"):
+        response = post(client, POSTMARK_HOOK, postmark_event("delivery", at=t0))
+    assert response.status_code == 200
+    assert "could not be recorded" in caplog.text
+    assert "a bug in a host's receiver" in caplog.text
+    message.refresh_from_db()
+    assert message.status == MessageStatus.SENT  # rolled back as a whole, and logged
