@@ -478,7 +478,7 @@ class SegmentAdmin(admin.ModelAdmin):
     actions = ["snapshot_members", "create_ready_made_segments"]
     readonly_fields = ("ready_made_display", "created_at", "updated_at", "snapshots_display")
     fieldsets = (
-        (None, {"fields": ("name", "description", "slug")}),
+        (None, {"fields": ("name", "description")}),
         (
             _("Who is in this segment"),
             {
@@ -489,6 +489,7 @@ class SegmentAdmin(admin.ModelAdmin):
                 ),
             },
         ),
+        (_("Advanced"), {"fields": ("slug",), "classes": ("collapse",)}),
         (
             _("History"),
             {"fields": ("ready_made_display", "created_at", "updated_at", "snapshots_display")},
@@ -497,7 +498,7 @@ class SegmentAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: Segment | None = None):
         if obj is None:
-            return self.fieldsets[:2]
+            return self.fieldsets[:3]  # nothing to show in History yet
         return self.fieldsets
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
@@ -519,6 +520,8 @@ class SegmentAdmin(admin.ModelAdmin):
                     segment_id=object_id,
                 ),
             )
+        if db_field.name == "description":
+            kwargs["widget"] = forms.Textarea(attrs={"rows": 3, "cols": 80})
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def _url(self, name: str) -> str:

@@ -101,6 +101,7 @@
     }
     this.build();
     this.render();
+    this.renderSummary();
     if (!this.rawMode) this.preview();
   };
 
@@ -211,7 +212,7 @@
   RuleBuilder.prototype.changed = function (structural) {
     if (structural) this.render();
     this.textarea.value = JSON.stringify(this.serialize(), null, 2);
-    this.renderSummary();
+    this.summary.classList.add("oc-rb-stale"); // until the server's sentence comes back
     this.setStatus(this.t.counting);
     this.schedulePreview();
   };
@@ -221,7 +222,7 @@
   RuleBuilder.prototype.build = function () {
     var self = this;
     var row = this.container.closest(".form-row");
-    if (row) row.classList.add("oc-rules-row");
+    if (row) row.classList.add("oc-rules-row", "oc-rules-js");
     this.container.classList.add("oc-rules-enhanced");
 
     this.tree = el("div", { className: "oc-rb-tree" });
@@ -307,7 +308,6 @@
     this.serialize(); // refresh the server paths used to place errors
     this.tree.textContent = "";
     this.tree.appendChild(this.renderGroup(this.root, null));
-    this.renderSummary();
     this.applyErrors();
   };
 
@@ -688,7 +688,6 @@
       search.value = "";
       results.hidden = true;
       drawChips();
-      self.renderSummary();
     }
 
     var lookupSeq = 0;
@@ -839,8 +838,10 @@
     return node.negate ? this.t.not + " " + text : text;
   };
 
-  RuleBuilder.prototype.renderSummary = function () {
-    this.summary.textContent = this.describe(this.root, false);
+  /** The rules in words: the builder's own sentence at once, the server's when it answers. */
+  RuleBuilder.prototype.renderSummary = function (serverText) {
+    this.summary.textContent = serverText || this.describe(this.root, false);
+    this.summary.classList.remove("oc-rb-stale");
   };
 
   // --- live preview ---------------------------------------------------------------------------
@@ -882,6 +883,7 @@
       })
       .catch(function () {
         if (seq !== self.previewSeq) return;
+        self.renderSummary();
         self.setStatus(self.t.preview_failed);
       });
   };
@@ -892,6 +894,7 @@
     this.showErrors(errors);
     this.sampleNode.textContent = "";
     if (errors.length || data.count === null || data.count === undefined) {
+      if (!this.rawMode) this.renderSummary();
       this.countNode.textContent = "\u2013";
       this.countNode.classList.add("oc-rb-count-unknown");
       this.setStatus(errors.length ? this.t.fix_errors : this.t.preview_failed);
@@ -899,6 +902,7 @@
       return;
     }
     this.countNode.classList.remove("oc-rb-count-unknown");
+    if (data.summary && !this.rawMode) this.renderSummary(data.summary);
     this.countNode.textContent = Number(data.count).toLocaleString();
     this.countNode.dataset.count = String(data.count);
     this.setStatus(data.count === 1 ? this.t.customer : this.t.customers);
