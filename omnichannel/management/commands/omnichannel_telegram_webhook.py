@@ -8,8 +8,9 @@ from urllib.parse import urlencode
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import reverse
 
-from ...channels.registry import get_channel, get_channels
+from ...channels.registry import get_channel
 from ...channels.telegram import TelegramChannel
+from ...conf import app_settings
 from ...exceptions import ChannelError, ConfigurationError
 from ...tracking import links
 
@@ -68,18 +69,27 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"{channel.name}: webhook set to {url}"))
 
     def find_channel(self, name: str | None) -> TelegramChannel:
-        try:
-            if name:
+        if name:
+            try:
                 channel = get_channel(name)
-                if not isinstance(channel, TelegramChannel):
-                    raise CommandError(f"channel {name!r} is not a TelegramChannel")
+            except ConfigurationError as exc:
+                raise CommandError(str(exc)) from exc
+            if not isinstance(channel, TelegramChannel):
+                raise CommandError(f"channel {name!r} is not a TelegramChannel")
+            return channel
+        errors = []
+        for configured in app_settings.CHANNELS:
+            try:
+                channel = get_channel(configured)
+            except ConfigurationError as exc:
+                errors.append(str(exc))
+                continue
+            if isinstance(channel, TelegramChannel):
                 return channel
-            for channel in get_channels().values():
-                if isinstance(channel, TelegramChannel):
-                    return channel
-        except ConfigurationError as exc:
-            raise CommandError(str(exc)) from exc
-        raise CommandError("no TelegramChannel in OMNICHANNEL['CHANNELS']")
+        raise CommandError(
+            "no TelegramChannel in OMNICHANNEL['CHANNELS']"
+            + "".join(f"\n  (skipped: {error})" for error in errors)
+        )
 
 
 def webhook_url(channel: TelegramChannel) -> str:
