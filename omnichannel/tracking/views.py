@@ -129,18 +129,15 @@ def find_profile(profile_uuid: uuid.UUID | None) -> CustomerProfile | None:
     if profile_uuid is None:
         return None
     profile = CustomerProfile.objects.filter(uuid=profile_uuid).first()
-    seen: set[uuid.UUID] = set()
-    while profile is None and profile_uuid not in seen:
-        seen.add(profile_uuid)
+    if profile is None:
+        # Merged away: the survivor row is kept (a later merge moves these records along).
         merge = (
             ProfileMerge.objects.filter(merged_uuid=profile_uuid)
             .select_related("survivor")
             .order_by("-created_at", "-pk")
             .first()
         )
-        if merge is None:
-            return None
-        profile = merge.survivor
+        profile = merge.survivor if merge is not None else None
     return profile
 
 
@@ -179,7 +176,9 @@ def _record(message_uuid: uuid.UUID | None, status: str, *, source: str) -> None
     if message_uuid is None:
         return
     try:
-        pk = Message.objects.filter(uuid=message_uuid).values_list("pk", flat=True).first()
+        # uuid is unique: no ORDER BY, which .first() would add.
+        found = Message.objects.filter(uuid=message_uuid).order_by().values_list("pk", flat=True)
+        pk = next(iter(found[:1]), None)
         if pk is None:
             return  # the message was deleted: nothing to record on
         now = timezone.now()

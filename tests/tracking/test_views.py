@@ -18,12 +18,12 @@ from omnichannel.channels.base import BaseChannel
 from omnichannel.channels.models import Message, MessageStatus, MessageStatusChange
 from omnichannel.conf import app_settings
 from omnichannel.profiles.consents import current_consents, record_consent
+from omnichannel.profiles.merge import merge_profiles
 from omnichannel.profiles.models import (
     Channel,
     Consent,
     ConsentSource,
     CustomerProfile,
-    ProfileMerge,
     Purpose,
 )
 from omnichannel.tracking import links, tokens
@@ -343,15 +343,14 @@ def test_unsubscribe_from_a_channel_no_longer_configured(settings, provider, pro
     assert Consent.objects.filter(channel=Channel.SMS).count() == 1  # not withdrawn twice
 
 
-def test_unsubscribe_after_the_message_was_deleted_and_the_profile_merged(provider, profile):
+def test_unsubscribe_after_the_message_was_deleted_and_the_profile_merged(provider):
+    survivor = CustomerProfile.objects.create(first_name="Ada")
+    profile = CustomerProfile.objects.create(first_name="Ada")  # younger: merged into survivor
     message = make_message(profile)
     url = path(links.unsubscribe_url(message))
     message.delete()
-    survivor = CustomerProfile.objects.create(first_name="Ada")
-    ProfileMerge.objects.create(
-        survivor=survivor, merged_profile_id=profile.pk, merged_uuid=profile.uuid, reason="test"
-    )
-    profile.delete()
+    assert merge_profiles(survivor, profile, reason="same email") == survivor
+    assert not CustomerProfile.objects.filter(pk=profile.pk).exists()
     assert provider.post(url).status_code == 200
     assert {row[0] for row in consent_rows(survivor)} == set(Channel.values)
     assert {row[1:] for row in consent_rows(survivor)} == {
@@ -553,6 +552,14 @@ def test_expired_preferences_link(browser_client, profile):
         assert browser_client.post(url, data).status_code == 400
     profile.refresh_from_db()
     assert profile.language == ""
+
+
+def test_preferences_link_of_a_merged_profile_opens_the_survivors(client, profile):
+    newer = CustomerProfile.objects.create(first_name="Ada")
+    url = preferences_path(newer)
+    assert merge_profiles(profile, newer, reason="same phone") == profile  # the older survives
+    response = client.get(url)
+    assert response.status_code == 200 and response.context["profile"] == profile
 
 
 def test_preferences_of_an_erased_profile(client, profile):
