@@ -607,7 +607,10 @@ class MessageAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        (_("Times (first report of each status)"), {"fields": TIME_FIELDS}),
+        (
+            _("Times (first report of each status)"),
+            {"fields": TIME_FIELDS, "classes": ("collapse",)},
+        ),
     )
 
     class Media:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from omnichannel.channels.models import Message, MessageStatus, OutboxEntry
 from omnichannel.profiles.models import CustomerProfile, Identity, IdentityKind
@@ -132,4 +133,67 @@ def test_staff_preview_and_test_send_an_email_then_read_it_in_the_outbox(
     rows = page.locator("#result_list tbody tr")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text(EMAIL)
+    context.close()
+
+
+def test_outbox_shows_push_sms_and_telegram_as_on_a_phone(
+    browser,  # noqa: F811
+    live_server,
+    django_user_model,
+    settings,
+):
+    from push_notifications.models import GCMDevice
+
+    from omnichannel.channels.sending import deliver_message, queue_message
+    from omnichannel.profiles.consents import record_consent
+    from sandbox.settings import OMNICHANNEL as DEMO_OMNICHANNEL
+
+    settings.OMNICHANNEL = {**DEMO_OMNICHANNEL, "SITE_URL": live_server.url}
+    user = django_user_model.objects.create_user("ada", email="ada@example.com", password="x-9")
+    ada = CustomerProfile.objects.create(user=user, first_name="Ada")
+    Identity.objects.create(profile=ada, kind=IdentityKind.PHONE, value="+447911123456")
+    Identity.objects.create(profile=ada, kind=IdentityKind.TELEGRAM, value="100000042")
+    GCMDevice.objects.create(user=user, registration_id="demo-fcm", cloud_message_type="FCM")
+    for channel in ("sms", "push", "messenger"):
+        record_consent(ada, channel=channel, purpose="marketing", granted=True, now=timezone.now())
+    entries = {}
+    for channel in ("sms", "push", "telegram"):
+        now = timezone.now()
+        message = queue_message(
+            ada, channel=channel, purpose="marketing", template="welcome", now=now
+        )
+        assert deliver_message(message, now=now).status == MessageStatus.SENT
+        entries[channel] = OutboxEntry.objects.get(message=message)
+
+    django_user_model.objects.create_superuser("boss", "boss@example.com", STAFF_PASSWORD)
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto(live_server.url + reverse("admin:index"))
+    page.fill("#id_username", "boss")
+    page.fill("#id_password", STAFF_PASSWORD)
+    page.locator("input[type=submit]").click()
+    page.wait_for_url(f"**{reverse('admin:index')}")
+
+    checks = {
+        "sms": (".oc-bubble-sms", "Reply STOP to opt out."),
+        "push": (".oc-notification-title", "Welcome to"),
+        "telegram": (".oc-chat-button", "Visit the shop"),
+    }
+    for channel, (selector, text) in checks.items():
+        page.goto(
+            live_server.url
+            + reverse("admin:omnichannel_outboxentry_change", args=[entries[channel].pk])
+        )
+        card = page.locator(selector)
+        expect(card).to_be_visible()
+        expect(card).to_contain_text(text)
+        page.locator(".oc-phone").screenshot(path=str(SCREENSHOTS / f"admin_outbox_{channel}.png"))
+    # The Telegram bold text is formatting, not markup shown as text.
+    page.goto(
+        live_server.url
+        + reverse("admin:omnichannel_outboxentry_change", args=[entries["telegram"].pk])
+    )
+    expect(page.locator(".oc-chat-text b")).to_contain_text("Welcome to")
+    page.screenshot(path=str(SCREENSHOTS / "admin_outbox_telegram_page.png"), full_page=True)
     context.close()
