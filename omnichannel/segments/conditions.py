@@ -37,18 +37,17 @@ from typing import Any, ClassVar
 from django import forms
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.db.models.lookups import Exact
 from django.utils.functional import Promise
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from oscar.core.loading import get_model
 
 from ..conf import app_settings
-from ..profiles.consents import latest_consent_subquery
 from ..profiles.models import (
     Channel,
+    Consent,
     Event,
     EventSource,
     EventType,
@@ -342,8 +341,12 @@ def products_in_category(category_id: int) -> QuerySet:
     in_tree = ProductCategory._default_manager.filter(
         category_id__in=category_subtree(category_id)
     ).values("product_id")
-    return Product._default_manager.filter(Q(pk__in=in_tree) | Q(parent_id__in=in_tree)).values(
-        "pk"
+    # A variant belongs to its parent's categories: one IN over COALESCE(parent, id), which
+    # PostgreSQL hashes once, rather than an OR of two subqueries.
+    return (
+        Product._default_manager.alias(own=Coalesce("parent_id", "pk"))
+        .filter(own__in=in_tree)
+        .values("pk")
     )
 
 
@@ -600,9 +603,18 @@ class ConsentCondition(ConditionType):
     form_class = ConsentForm
 
     def to_q(self, params: dict[str, Any], *, now: datetime) -> Q:
-        latest = latest_consent_subquery(params["channel"], params["purpose"])
-        # Coalesce: no record at all is "not granted", so that a negation includes it.
-        return Q(Exact(Coalesce(latest, Value(False)), True))
+        # Grants with no later record for the same channel and purpose: the latest record wins
+        # (ties on time go to the higher id, as in consents.current_consents). Uncorrelated
+        # with the outer profile, so the planner hashes it once instead of running a sorted
+        # subquery per profile; a profile without records is simply not in it, so the
+        # negation includes it.
+        same = {"channel": params["channel"], "purpose": params["purpose"]}
+        later = Consent.objects.filter(profile_id=OuterRef("profile_id"), **same).filter(
+            Q(created_at__gt=OuterRef("created_at"))
+            | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk"))
+        )
+        latest_grants = Consent.objects.filter(granted=True, **same).exclude(Exists(later))
+        return Q(pk__in=latest_grants.values("profile_id"))
 
     def describe(self, params: dict[str, Any]) -> str:
         return gettext("Consent granted for %(channel)s (%(purpose)s)") % {
@@ -682,18 +694,35 @@ class EventCondition(ConditionType):
     )
     form_class = EventForm
 
-    def to_q(self, params: dict[str, Any], *, now: datetime) -> Q:
-        events = Event.objects.filter(profile=OuterRef("pk"), type=event_type_of(params))
+    def events(self, params: dict[str, Any], *, now: datetime) -> QuerySet:
+        """The events that count, of every profile."""
+        events = Event.objects.filter(type=event_type_of(params))
         if params.get("days"):
             events = events.filter(occurred_at__gte=now - timedelta(days=params["days"]))
         if params.get("product"):
             events = events.filter(product_id__in=product_and_variants(params["product"]))
         elif params.get("category"):
             events = events.filter(product_id__in=products_in_category(params["category"]))
+        return events
+
+    def to_q(self, params: dict[str, Any], *, now: datetime) -> Q:
+        events = self.events(params, now=now)
         count = params.get("min_count") or 1
-        # EXISTS (... LIMIT 1 OFFSET n-1): "at least n rows", stopping at the n-th; the
-        # index (profile, type, occurred_at) serves it.
-        return Q(Exists(events.order_by()[count - 1 : count]))
+        if count == 1:
+            # EXISTS: a semi-join (anti-join when negated) served by (profile, type, time).
+            return _profile_exists(events)
+        # At least n: the profiles of one uncorrelated GROUP BY ... HAVING, which the planner
+        # hashes once (a correlated EXISTS ... OFFSET n-1 would run once per profile).
+        # profile IS NOT NULL keeps NOT IN exact under negation.
+        groups = (
+            events.filter(profile__isnull=False)
+            .order_by()
+            .values("profile_id")
+            .annotate(times=Count("pk"))
+            .filter(times__gte=count)
+            .values("profile_id")
+        )
+        return Q(pk__in=groups)
 
     def describe(self, params: dict[str, Any]) -> str:
         event_type = event_type_of(params)

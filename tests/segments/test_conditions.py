@@ -132,12 +132,16 @@ def test_consent_latest_record_wins():
     record_consent(
         other_purpose, channel="email", purpose="transactional", granted=True, now=days_ago(1)
     )
+    same_time = profile()  # two records at the same moment: the later row (higher id) wins
+    record_consent(same_time, channel="email", purpose="marketing", granted=True, now=NOW)
+    record_consent(same_time, channel="email", purpose="marketing", granted=False, now=NOW)
     never = profile()
     assert one("consent", channel="email", purpose="marketing") == {granted.pk}
     # The negation includes people never asked (no record is "not granted").
     assert one("consent", negate=True, channel="email", purpose="marketing") == {
         withdrawn.pk,
         other_purpose.pk,
+        same_time.pk,
         never.pk,
     }
 
