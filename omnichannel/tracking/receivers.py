@@ -33,6 +33,7 @@ from django.db import DatabaseError, transaction
 from django.dispatch import receiver
 from django.utils import timezone
 
+from ..channels.email import METADATA_KEY
 from ..channels.models import Message, MessageStatus, Suppression, SuppressionReason
 from ..channels.status import record_status
 from ..exceptions import InvalidIdentity
@@ -100,7 +101,8 @@ def find_message(event: AnymailTrackingEvent) -> Message | None:
         )
         if message is not None:
             return message
-    reference = (event.metadata or {}).get("omnichannel_message") if event.metadata else None
+    metadata = event.metadata if isinstance(event.metadata, dict) else {}
+    reference = metadata.get(METADATA_KEY)
     if reference:
         try:
             public_id = uuid.UUID(str(reference))
