@@ -2,8 +2,9 @@
 preference centre and basket restore.
 
 Every link carries a signed token (tokens.py); a tampered or expired one gets the link_error
-page with status 400 and changes nothing. These pages are reached from inboxes, phones and mail
-scanners: they never raise into a 500, and a GET never changes consent (scanners follow links).
+page with status 400 and changes nothing, never a 500. These pages are reached from inboxes,
+phones and mail scanners: a GET never changes consent (scanners follow links), and a failure to
+record a click or an open never stops the redirect or the image. See docs/tracking.md.
 """
 
 from __future__ import annotations
