@@ -476,7 +476,13 @@ class SegmentAdmin(admin.ModelAdmin):
     ordering = ("name",)
     list_per_page = 50
     actions = ["snapshot_members", "create_ready_made_segments"]
-    readonly_fields = ("ready_made_display", "created_at", "updated_at", "snapshots_display")
+    readonly_fields = (
+        "ready_made_display",
+        "created_at",
+        "updated_at",
+        "snapshots_display",
+        "rules_in_words",
+    )
     fieldsets = (
         (None, {"fields": ("name", "description")}),
         (
@@ -499,7 +505,20 @@ class SegmentAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Segment | None = None):
         if obj is None:
             return self.fieldsets[:3]  # nothing to show in History yet
+        if not self.has_change_permission(request, obj):
+            # View-only staff get the rules in words and the size, not a builder they cannot
+            # save (Django would show the raw JSON).
+            rules = (self.fieldsets[1][0], {"fields": ("rules_in_words",)})
+            return (self.fieldsets[0], rules, *self.fieldsets[2:])
         return self.fieldsets
+
+    @admin.display(description=_("rules"))
+    def rules_in_words(self, obj: Segment) -> SafeString:
+        try:
+            size = number_format(obj.count(now=timezone.now()), force_grouping=True)
+        except ValidationError:
+            size = gettext("unknown (the rules need fixing)")
+        return format_html("{}<br>{} {}", describe_rules(obj.rules), gettext("Members now:"), size)
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "rules":
@@ -552,7 +571,6 @@ class SegmentAdmin(admin.ModelAdmin):
                 raise PermissionDenied
             func(self, request, self.get_queryset(request).none())
             return HttpResponseRedirect(request.get_full_path())
-        self._now = timezone.now()  # one "now" for every count on the page
         extra_context = {
             **(extra_context or {}),
             "can_create_ready_made": self.has_add_permission(request),
@@ -567,7 +585,7 @@ class SegmentAdmin(admin.ModelAdmin):
     def size(self, obj: Segment) -> str:
         # One COUNT per row: fine for the tens of segments of a shop (see the module docstring).
         try:
-            return number_format(obj.count(now=getattr(self, "_now", None)), force_grouping=True)
+            return number_format(obj.count(now=timezone.now()), force_grouping=True)
         except ValidationError:
             return gettext("rules need fixing")
 
