@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from django.template import TemplateDoesNotExist, engines
-from django.template.loader import render_to_string
+from django.template import Context, TemplateDoesNotExist, engines
+from django.template.loader import get_template
 
 from ..conf import app_settings
 from ..exceptions import ChannelError, ConfigurationError, RateLimited
@@ -45,6 +45,14 @@ class Reach:
 SendResult = str | ChannelError
 
 
+def _render(template: Any, context: dict[str, Any], *, autoescape: bool) -> str:
+    """Render a Django-engine template with autoescaping on or off for this part."""
+    inner = getattr(template, "template", None)  # django.template.backends.django.Template
+    if inner is None:  # another engine (Jinja2): its own escaping rules apply
+        return template.render(context)
+    return inner.render(Context(context, autoescape=autoescape))
+
+
 class BaseChannel:
     """One way to reach a person. Subclasses implement ``get_address`` and ``send``."""
 
@@ -60,6 +68,10 @@ class BaseChannel:
     batch_size: ClassVar[int] = 1
     #: Shown in the admin and the outbox.
     label: ClassVar[str] = ""
+    #: HTML-escape context values in ``.txt`` parts too. Off by default: a plain-text body or
+    #: subject must show "O'Brien & Co", not "O&#x27;Brien &amp; Co". A channel whose text is
+    #: markup (Telegram's HTML parse mode) turns it on. ``.html`` parts are always escaped.
+    escape_text_parts: ClassVar[bool] = False
 
     def __init__(self, name: str, *, cost: Decimal, currency: str, options: dict[str, Any]) -> None:
         self.name = name
@@ -105,8 +117,16 @@ class BaseChannel:
     def suppression_for(self, address: str, purpose: str) -> str:
         """Why ``address`` is suppressed for ``purpose`` on this channel; '' when it is not."""
         from .models import Suppression
+        from .registry import get_channels
 
-        suppression = Suppression.objects.filter(channel=self.name, address=address).first()
+        # A bounce on one email channel (say "newsletter") holds for every email channel.
+        try:
+            channels = get_channels()
+        except ConfigurationError:  # another channel's bad settings: check ours at least
+            channels = {}
+        names = [n for n, c in channels.items() if c.consent_channel == self.consent_channel]
+        names = sorted({self.name, *names})
+        suppression = Suppression.objects.filter(channel__in=names, address=address).first()
         if suppression is None:
             return ""
         if purpose == Purpose.TRANSACTIONAL and not suppression.transactional_too:
@@ -131,18 +151,22 @@ class BaseChannel:
         inline = inline or {}
         rendered: dict[str, str] = {}
         for part, required in self.template_parts.items():
+            autoescape = part.endswith(".html") or self.escape_text_parts
             source = inline.get(part)
             if source is not None:
-                rendered[part] = engines["django"].from_string(source).render(context)
+                compiled = engines["django"].from_string(source)
+                rendered[part] = _render(compiled, context, autoescape=autoescape)
                 continue
             if template:
                 name = f"omnichannel/{self.template_folder}/{template}_{part}"
                 try:
-                    rendered[part] = render_to_string(name, context)
-                    continue
+                    compiled = get_template(name)
                 except TemplateDoesNotExist:
                     if required:
                         raise
+                else:
+                    rendered[part] = _render(compiled, context, autoescape=autoescape)
+                    continue
             if required:
                 raise ConfigurationError(
                     f"{self.name}: no content for the required part {part!r} "

@@ -293,7 +293,9 @@ def _finish(message: Message, result: SendResult, *, now: datetime) -> None:
     """Store one send result."""
     base = Message.objects.filter(pk=message.pk, status=MessageStatus.SENDING)
     if isinstance(result, str):
-        base.update(
+        # By pk alone: the provider's webhook may already have moved the message on (delivered)
+        # before we get here, and later reports find the message by this id.
+        Message.objects.filter(pk=message.pk).update(
             provider_message_id=result[:255],
             provider=message.provider or message.channel,
             claimed_by="",

@@ -80,6 +80,8 @@ class TelegramChannel(BaseChannel):
     template_folder = "telegram"
     template_parts = {"body.txt": True, "button_text.txt": False, "button_url.txt": False}
     label = "Telegram"
+    # The body is Telegram HTML: context values must be escaped (undone for plain text).
+    escape_text_parts = True
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)

@@ -86,7 +86,8 @@ def make_compact_token(kind: TokenKind, value: int, *, now: float | None = None)
 
 def read_compact_token(kind: TokenKind, token: str, *, now: float | None = None) -> int:
     """The integer signed by make_compact_token; TamperedToken when altered or expired."""
-    parts = token.split("_") if isinstance(token, str) and len(token) <= 64 else []
+    # The MAC is base64url and may itself contain "_": split off the first two fields only.
+    parts = token.split("_", 2) if isinstance(token, str) and len(token) <= 64 else []
     if len(parts) != 3:
         raise TamperedToken("this link is not valid")
     body = f"{parts[0]}_{parts[1]}"

@@ -446,3 +446,27 @@ def test_channels_are_rebuilt_when_settings_change():
     with override_settings(OMNICHANNEL={**SETTINGS, "CHANNELS": {"rec": CHANNELS["rec2"]}}):
         assert registry.get_channel("rec").cost == Decimal("0.01")
     assert registry.get_channel("rec").cost == Decimal("0.05")
+
+
+def test_a_suppression_holds_for_every_channel_of_the_same_kind(now):
+    # "rec" and "rec2" are both SMS channels (e.g. two providers): a bounce on one counts.
+    profile = make_profile(now)
+    Suppression.objects.create(
+        channel="rec2", address="+447700900001", reason=SuppressionReason.BOUNCED
+    )
+    with pytest.raises(NotReachable, match="suppressed"):
+        queue(profile, now, channel="rec")
+
+
+def test_a_webhook_that_beats_the_send_bookkeeping_keeps_its_status_and_the_id(now):
+    profile = make_profile(now)
+    message = queue(profile, now)
+    (claimed,) = claim_due_messages(now=now, limit=1)
+    record_status(claimed, "delivered", at=now, source="esp")  # the ESP was quicker than us
+    from omnichannel.channels.sending import _finish
+
+    _finish(claimed, "provider-42", now=now)
+    message.refresh_from_db()
+    assert message.provider_message_id == "provider-42"
+    assert message.status == MessageStatus.DELIVERED
+    assert message.sent_at == now

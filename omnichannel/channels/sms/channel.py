@@ -16,7 +16,6 @@ Configuration (``OMNICHANNEL["CHANNELS"]["sms"]``)::
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 from collections.abc import Sequence
@@ -130,11 +129,11 @@ class SmsChannel(BaseChannel):
     def apply_rendered(self, message: Message, parts: dict[str, str]) -> None:
         """Store the text as the person will read it, and refuse one longer than MAX_SEGMENTS.
 
-        Templates are rendered with Django's HTML autoescaping; an SMS is plain text, so the
-        escaping is undone (``Tom&#x27;s`` would cost the reader and us).
+        ``.txt`` parts are rendered without HTML autoescaping (BaseChannel.escape_text_parts),
+        so ``Tom's`` stays ``Tom's``.
         """
         super().apply_rendered(message, parts)
-        body = html.unescape(message.body_text).strip()
+        body = message.body_text.strip()
         if self.smart_encoding:
             body = gsm_normalise(body)
         if not body:
