@@ -206,6 +206,9 @@ OMNICHANNEL = {
                 "OUTBOX": True,
                 "BOT_TOKEN": "demo",
                 "BOT_USERNAME": "omnichannel_demo_bot",
+                "WEBHOOK_SECRET": os.environ.get(
+                    "OMNICHANNEL_TELEGRAM_WEBHOOK_SECRET", "demo-webhook-secret"
+                ),
             },
         },
         "sms": {
