@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import BooleanField, ExpressionWrapper
+from django.db.models import IntegerField, Value
 
 from ..profiles.models import CustomerProfile
 from .models import Segment
 from .rules import RuleError, compile_rules, compiling, validate_rules
 
 logger = logging.getLogger("omnichannel.segments")
+
+#: Segments asked about in one UNION ALL query (SQLite's limit is 500 terms).
+UNION_CHUNK = 200
 
 
 @dataclass
@@ -41,13 +44,14 @@ def preview_rules(
 
 
 def segments_of_profile(profile: CustomerProfile, *, now: datetime) -> list[Segment]:
-    """The segments this profile is in, in two queries whatever the number of segments.
+    """The segments this profile is in: two queries, whatever the number of segments.
 
-    One query reads the segments; one evaluates every segment's rules for this profile as a
-    boolean column each. Segments whose rules no longer compile are left out (and logged).
+    One query reads the segments; one ``UNION ALL`` asks, segment by segment, whether this
+    profile matches (each branch filters on the profile's id first, so the database looks at
+    this profile's rows only). Segments whose rules no longer compile are left out (logged).
     """
     segments = list(Segment.objects.order_by("name"))
-    flags = {}
+    branches = []
     with compiling():  # references to other segments read their rules once for all
         for segment in segments:
             try:
@@ -55,10 +59,15 @@ def segments_of_profile(profile: CustomerProfile, *, now: datetime) -> list[Segm
             except RuleError as exc:
                 logger.warning("segment %s has invalid rules: %s", segment.pk, exc.messages)
                 continue
-            flags[f"s{segment.pk}"] = ExpressionWrapper(q, output_field=BooleanField())
-    if not flags:
-        return []
-    row = CustomerProfile.objects.filter(pk=profile.pk).values(**flags).first()
-    if row is None:
-        return []
-    return [segment for segment in segments if row.get(f"s{segment.pk}")]
+            branches.append(
+                CustomerProfile.objects.filter(pk=profile.pk)
+                .filter(q)
+                .annotate(segment_id=Value(segment.pk, output_field=IntegerField()))
+                .values_list("segment_id", flat=True)
+            )
+    found: set[int] = set()
+    # SQLite allows 500 terms in a compound SELECT.
+    for start in range(0, len(branches), UNION_CHUNK):
+        first, *rest = branches[start : start + UNION_CHUNK]
+        found.update(first.union(*rest, all=True) if rest else first)
+    return [segment for segment in segments if segment.pk in found]

@@ -140,9 +140,18 @@ def test_segments_of_profile_in_two_queries(make_segment, django_assert_num_quer
     make_segment("Buyers", group("all", cond("orders_count", min=1)))
     make_segment("Multi-device", group("all", cond("devices_count", min=2)))
     make_segment("Nobody", group("all", cond("orders_count", min=100)))
+    twice = {"event_type": "product_viewed", "min_count": 2}
+    make_segment("Viewed twice", group("all", cond("event", **twice)))
+    make_segment("Not viewed twice", group("all", cond("event", negate=True, **twice)))
+    make_segment("Email consent", group("all", cond("consent", channel="email")))
+    for _ in range(2):
+        Event.objects.create(profile=buyer, type=EventType.PRODUCT_VIEWED, occurred_at=NOW)
+    other = profile()
+    Event.objects.create(profile=other, type=EventType.PRODUCT_VIEWED, occurred_at=NOW)
     with django_assert_num_queries(2):
         names = [s.name for s in segments_of_profile(buyer, now=NOW)]
-    assert names == ["Buyers", "Multi-device"]
+    assert names == ["Buyers", "Multi-device", "Viewed twice"]
+    assert [s.name for s in segments_of_profile(other, now=NOW)] == ["Not viewed twice"]
 
 
 def test_segments_of_profile_skips_broken_segments(make_segment):
