@@ -160,6 +160,24 @@ def test_marketer_builds_a_segment_by_clicking(admin_page, live_server, audience
     row = page.locator("#result_list tbody tr", has_text="Fridge fans to win back")
     expect(row.locator("td.field-size")).to_have_text("2")
 
+    # The ready-made segments come from one button, with nothing selected.
+    page.get_by_role("button", name="Create ready-made segments").click()
+    page.wait_for_load_state()
+    expect(page.locator(".messagelist")).to_contain_text("Created 5 ready-made segments")
+    expect(page.locator("#result_list tbody tr")).to_have_count(6)
+    expect(page.locator("#result_list tbody tr", has_text="Multi-device")).to_be_visible()
+    shoot(page, "segment_list.png")
+
+    # A ready-made segment opens in the builder too (multiple choices drawn as check boxes).
+    page.locator("#result_list a", has_text="Champions").click()
+    page.wait_for_load_state()
+    champions = condition(page, 0)
+    expect(champions.locator("select.oc-rb-type")).to_have_value("rfm_group")
+    expect(champions.get_by_label("Champions", exact=True)).to_be_checked()
+    expect(champions.get_by_label("Lost", exact=True)).not_to_be_checked()
+    expect(page.locator(".oc-rb-count")).to_have_text("0")
+    shoot(page, "segment_champions.png")
+
 
 def test_nested_group_and_error_pointed_at(admin_page, live_server, audience):
     page = admin_page()
