@@ -547,7 +547,6 @@ class MessageAdmin(admin.ModelAdmin):
     )
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-id")
-    list_select_related = ("profile",)
     show_full_result_count = False  # the log is large: one COUNT per page is enough
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
