@@ -508,7 +508,9 @@ def test_a_profiles_segments(staff, audience, fridges):
     big = Segment.objects.create(name="Big", rules=group("all", cond("orders_count", min=5)))
     assert segments_of_profile(audience[1]) == [everyone, fans]
     assert segments_of_profile(audience[4]) == [big, everyone]
-    html = profile_segments_html(audience[1])
+    with CaptureQueriesContext(connection) as captured:
+        html = profile_segments_html(audience[1])
+    assert len(captured) == 2  # the segments, then every segment's rules on this one profile
     assert reverse("admin:omnichannel_segment_change", args=[fans.pk]) in html
     assert "Big" not in html
     Segment.objects.all().delete()
