@@ -523,13 +523,14 @@ TIME_FIELDS = (
 class MessageAdmin(admin.ModelAdmin):
     """The message log: every send, its content, cost and status history. Read-only."""
 
+    # The status early: on a narrow screen the table scrolls, and the status matters most.
     list_display = (
         "created_at",
         "channel",
+        "status_display",
         "purpose",
         "address",
         "subject_or_template",
-        "status_display",
         "cost_display",
         "provider_message_id",
     )

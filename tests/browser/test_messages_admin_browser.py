@@ -128,6 +128,14 @@ def test_staff_preview_and_test_send_an_email_then_read_it_in_the_outbox(
         path.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(path), full_page=True)
 
+    # --- the message log: one row with its badge -----------------------------------------------
+    page.goto(base + reverse("admin:omnichannel_message_changelist"))
+    row = page.locator("#result_list tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator(".oc-status-sent")).to_be_visible()
+    expect(row).to_contain_text("0.00080 GBP")
+    page.screenshot(path=str(SCREENSHOTS / "admin_messages.png"), full_page=True)
+
     # --- the outbox list links back --------------------------------------------------------------
     page.goto(base + reverse("admin:omnichannel_outboxentry_changelist"))
     rows = page.locator("#result_list tbody tr")
