@@ -69,6 +69,40 @@ class ProductLookup:
             lookup.by_partner_sku[sku] = [lookup.by_id[pk] for pk in sorted(pks)]
         return lookup
 
+    @classmethod
+    def ids_for_references(
+        cls, *, ids: Iterable[int] = (), skus: Iterable[str] = ()
+    ) -> ProductLookup:
+        """Only what events need: which ids exist, and the product of each SKU (partner SKU,
+        else UPC). One query per kind of reference, and none for UPCs when every SKU is a
+        partner SKU (the common case)."""
+        Product = get_model("catalogue", "Product")
+        StockRecord = get_model("partner", "StockRecord")
+        ids, skus = set(ids), set(skus)
+        lookup = cls()
+
+        def ref(pk: int) -> ProductRef:
+            return lookup.by_id.setdefault(pk, ProductRef(pk=pk, title="", upc="", sku=""))
+
+        if ids:
+            for pk in Product._default_manager.filter(pk__in=ids).values_list("pk", flat=True):
+                ref(pk)
+        if skus:
+            sku_products: dict[str, set[int]] = {}
+            for sku, product_id in StockRecord._default_manager.filter(
+                partner_sku__in=skus
+            ).values_list("partner_sku", "product_id"):
+                sku_products.setdefault(sku, set()).add(product_id)
+            for sku, pks in sku_products.items():
+                lookup.by_partner_sku[sku] = [ref(pk) for pk in sorted(pks)]
+            missing = skus - set(sku_products)
+            if missing:
+                for pk, upc in Product._default_manager.filter(upc__in=missing).values_list(
+                    "pk", "upc"
+                ):
+                    lookup.by_upc[upc] = ref(pk)
+        return lookup
+
     def resolve(
         self, *, product_id: int | None = None, sku: str | None = None, upc: str | None = None
     ) -> tuple[str, str, ProductRef | None]:

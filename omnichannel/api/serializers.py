@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +30,8 @@ PAYLOAD_MAX_DEPTH = 16
 #: Events no client may send through ``events``: orders go through ``offline-orders`` (or are
 #: recorded by the shop's checkout), so every order_placed has the lines aggregates rely on.
 RESERVED_EVENT_TYPES = {EventType.ORDER_PLACED.value}
+#: What PostgreSQL refuses in text and jsonb: NUL, and lone surrogates (not encodable in UTF-8).
+UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.get_fixed_timezone(0))
 
 currency_validator = RegexValidator(
@@ -70,7 +73,7 @@ class PayloadField(serializers.JSONField):
     }
 
     def to_internal_value(self, data: Any) -> Any:
-        data = super().to_internal_value(data)
+        # Not JSONField's own check (a json.dumps of its own): the size check below dumps it.
         if not isinstance(data, dict):
             self.fail("not_object")
         self._check(data, depth=0)
@@ -87,7 +90,7 @@ class PayloadField(serializers.JSONField):
         if depth > PAYLOAD_MAX_DEPTH:
             self.fail("too_deep", max=PAYLOAD_MAX_DEPTH)
         if isinstance(value, str):
-            if "\x00" in value or any(0xD800 <= ord(char) <= 0xDFFF for char in value):
+            if UNSTORABLE_CHARACTERS.search(value):
                 self.fail("bad_string")
         elif isinstance(value, float):
             if not math.isfinite(value):
@@ -291,7 +294,7 @@ class EventListField(BoundedListField):
         """Products by id or SKU and user ids: checked in a few queries for the whole batch."""
         from django.contrib.auth import get_user_model
 
-        lookup = ProductLookup.for_references(
+        lookup = ProductLookup.ids_for_references(
             ids={e["product_id"] for e in events.values() if "product_id" in e},
             skus={e["sku"] for e in events.values() if "sku" in e},
         )
