@@ -3,7 +3,9 @@
 Each sub-module registers the admins of one part of the app.
 """
 
-from . import profiles  # noqa: F401  (registers the profile admins)
-from . import messages  # noqa: F401  (registers the message, outbox, suppression admins)
-from . import segments  # noqa: F401  (registers the segment and snapshot admins)
-from . import api  # noqa: F401  (registers the API key admin)
+from . import (
+    api,  # noqa: F401  (registers the API key admin)
+    messages,  # noqa: F401  (registers the message, outbox, suppression admins)
+    profiles,  # noqa: F401  (registers the profile admins)
+    segments,  # noqa: F401  (registers the segment and snapshot admins)
+)
