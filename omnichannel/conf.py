@@ -99,6 +99,8 @@ DEFAULTS: dict[str, Any] = {
     "API_THROTTLE_CACHE": "default",
     # How far ahead of the server's clock a client's occurred_at may be (seconds).
     "API_MAX_FUTURE_SKEW": 24 * 60 * 60,
+    # Largest request body (Content-Length) the API reads, in bytes; larger ones get 413.
+    "API_MAX_REQUEST_BYTES": 16 * 1024 * 1024,
 }
 
 

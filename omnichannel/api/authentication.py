@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
@@ -39,7 +40,8 @@ class ApiKeyAuthentication(BaseAuthentication):
             prefix = secret = ""
         key = None
         if prefix and secret and len(prefix) <= 32:
-            key = ApiKey.objects.filter(prefix=prefix).first()
+            with contextlib.suppress(ApiKey.DoesNotExist):
+                key = ApiKey.objects.get(prefix=prefix)
         if key is None or not key.check_secret(secret) or not key.is_active:
             raise exceptions.AuthenticationFailed(_("Invalid or revoked API key."))
         key.touch(now=timezone.now())

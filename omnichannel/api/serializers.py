@@ -106,7 +106,8 @@ class PayloadField(serializers.JSONField):
 
 class OccurredAtField(serializers.DateTimeField):
     """When it happened: ISO 8601, not before 2000, not further ahead than the clock skew the
-    ``API_MAX_FUTURE_SKEW`` setting allows. Naive times are read as UTC."""
+    ``API_MAX_FUTURE_SKEW`` setting allows. Times without an offset are read in the shop's
+    TIME_ZONE."""
 
     def to_internal_value(self, value: Any) -> datetime:
         result = super().to_internal_value(value)
@@ -299,8 +300,14 @@ class EventListField(BoundedListField):
             skus={e["sku"] for e in events.values() if "sku" in e},
         )
         user_ids = {e["user_id"] for e in events.values() if "user_id" in e}
-        users = set(
-            get_user_model()._default_manager.filter(pk__in=user_ids).values_list("pk", flat=True)
+        users = (
+            set(
+                get_user_model()
+                ._default_manager.filter(pk__in=user_ids)
+                .values_list("pk", flat=True)
+            )
+            if user_ids
+            else set()
         )
         for index, event in events.items():
             if index in errors:

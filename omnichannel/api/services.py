@@ -12,10 +12,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils.translation import gettext as _
 
 from ..profiles.consents import current_consents, record_consent
+from ..profiles.identity import FOLD_LOCK_ID
 from ..profiles.models import (
     IDENTITY_STRENGTH,
     Consent,
@@ -296,6 +297,13 @@ def record_consents(key: ApiKey, data: dict[str, Any], *, now: datetime) -> Cons
     def attempt() -> None:
         with transaction.atomic():
             profile = find_profile(keys)
+            if profile is None and connection.vendor == "postgresql":
+                # About to create identities: wait for a running fold batch, which may be
+                # creating the same ones (it would fail on the unique constraint and retry),
+                # then look again, since it may just have made this person's profile.
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FOLD_LOCK_ID])
+                profile = find_profile(keys)
             created = profile is None
             if profile is None:
                 user_id = data.get("user_id")

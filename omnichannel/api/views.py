@@ -15,12 +15,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers, status
+from rest_framework.exceptions import APIException
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ..conf import app_settings
 from . import services
 from .authentication import ApiKeyAuthentication
 from .models import Scope
@@ -50,11 +52,21 @@ ERRORS = {
     ),
     401: OpenApiResponse(DetailSerializer, description="No, invalid or revoked API key."),
     403: OpenApiResponse(DetailSerializer, description="The key lacks this endpoint's scope."),
+    406: OpenApiResponse(DetailSerializer, description="The Accept header excludes JSON."),
+    413: OpenApiResponse(
+        DetailSerializer, description="The body is larger than API_MAX_REQUEST_BYTES."
+    ),
     415: OpenApiResponse(DetailSerializer, description="The body is not application/json."),
     429: OpenApiResponse(
         DetailSerializer, description="Rate limit of the key exceeded: see Retry-After."
     ),
 }
+
+
+class RequestTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body too large."
+    default_code = "request_too_large"
 
 
 def responses(ok: dict[int, Any]) -> dict[int, Any]:
@@ -72,6 +84,21 @@ class ApiView(APIView):
     # Set here, so a host needs no REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] for our schema.
     schema = AutoSchema()
     required_scope: ClassVar[str]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        # Refuse a huge body before reading it (DRF's JSON parser reads whatever comes). A
+        # chunked body has no length: cap it in the web server in front (client_max_body_size).
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        limit = app_settings.API_MAX_REQUEST_BYTES
+        if limit and length > limit:
+            raise RequestTooLarge(
+                f"The body has {length} bytes; at most {limit} are accepted. Send fewer events "
+                "per request."
+            )
 
     def validated(self, serializer_class: type[serializers.Serializer]) -> Any:
         serializer = serializer_class(data=self.request.data)

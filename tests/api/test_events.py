@@ -208,3 +208,18 @@ def test_an_accepted_batch_is_committed_before_the_response(make_client):
     # Outside any test transaction: what the response acknowledged is in the database.
     assert not connection.in_atomic_block
     assert Event.objects.count() == 1
+
+
+@override_settings(OMNICHANNEL={"API_MAX_REQUEST_BYTES": 1000})
+def test_a_body_larger_than_the_limit_is_413_before_it_is_read(app_client):
+    response = post(app_client, [event(n, payload={"x": "y" * 100}) for n in range(10)])
+    assert response.status_code == 413
+    assert "at most 1000 are accepted" in response.json()["detail"]
+    assert not Event.objects.exists()
+    assert post(app_client, [event(1)]).status_code == 201
+
+
+def test_an_accept_header_without_json_is_406(app_client):
+    response = app_client.post(URL, {"events": [event(1)]}, format="json", HTTP_ACCEPT="text/html")
+    assert response.status_code == 406
+    assert not Event.objects.exists()
