@@ -15,6 +15,7 @@ app_name = "omnichannel"
 
 urlpatterns = [
     path("c/<str:token>/", views.click, name="click"),
+    path("s/<str:token>/", views.short_click, name="short-click"),
     path("o/<str:token>/pixel.gif", views.open_pixel, name="open"),
     path("unsubscribe/<str:token>/", views.unsubscribe, name="unsubscribe"),
     path("preferences/<str:token>/", views.preferences, name="preferences"),

@@ -72,6 +72,9 @@ class BaseChannel:
     #: subject must show "O'Brien & Co", not "O&#x27;Brien &amp; Co". A channel whose text is
     #: markup (Telegram's HTML parse mode) turns it on. ``.html`` parts are always escaped.
     escape_text_parts: ClassVar[bool] = False
+    #: ``{% tracked_url %}`` makes short links (``/omnichannel/s/<30 chars>/``): for channels
+    #: that bill by length, like SMS.
+    short_links: ClassVar[bool] = False
 
     def __init__(self, name: str, *, cost: Decimal, currency: str, options: dict[str, Any]) -> None:
         self.name = name

@@ -58,6 +58,7 @@ def message_context(
         "preferences_url": links.preferences_url(profile),
         "unsubscribe_url": links.unsubscribe_url(message),
         "is_marketing": message.purpose == Purpose.MARKETING,
+        "short_links": channel.short_links,
     }
     context.update(extra)
     return context

@@ -19,6 +19,8 @@ def tracked_url(context: template.Context, url: str) -> str:
     message = context.get("message")
     if message is None or not context.get("track_clicks", True):
         return links.absolute(url)
+    if context.get("short_links") and message.pk is not None:
+        return links.short_click_url(message, url)
     return links.click_url(message, url)
 
 

@@ -37,6 +37,34 @@ def click_url(message: Message, url: str) -> str:
     return absolute(reverse("omnichannel:click", args=[token]))
 
 
+#: Links one message can carry as short links (index encoded in the token's integer).
+SHORT_LINKS_PER_MESSAGE = 100
+
+
+def short_click_url(message: Message, url: str) -> str:
+    """A short signed redirect for text where every character costs (SMS): about 70 characters
+    with the domain, against 200 or more for click_url.
+
+    The target is kept on the message (``data["links"]``), which must be saved after rendering
+    (queue_message does); the token signs only the message id and the link's index.
+    """
+    if message.pk is None:
+        raise ValueError("short links need a saved message")
+    targets = message.data.setdefault("links", [])
+    target = absolute(url)
+    if target in targets:
+        index = targets.index(target)
+    else:
+        if len(targets) >= SHORT_LINKS_PER_MESSAGE:
+            raise ValueError(f"at most {SHORT_LINKS_PER_MESSAGE} short links per message")
+        targets.append(target)
+        index = len(targets) - 1
+    token = tokens.make_compact_token(
+        tokens.SHORT_CLICK, message.pk * SHORT_LINKS_PER_MESSAGE + index
+    )
+    return absolute(reverse("omnichannel:short-click", args=[token]))
+
+
 def open_pixel_url(message: Message) -> str:
     token = tokens.make_token(tokens.OPEN, {"m": message.uuid.hex})
     return absolute(reverse("omnichannel:open", args=[token]))

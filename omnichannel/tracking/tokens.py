@@ -39,6 +39,8 @@ UNSUBSCRIBE = TokenKind("omnichannel.tracking.unsubscribe")
 PREFERENCES = TokenKind("omnichannel.tracking.preferences", "PREFERENCES_LINK_MAX_AGE")
 BASKET = TokenKind("omnichannel.tracking.basket", "BASKET_LINK_MAX_AGE")
 TELEGRAM = TokenKind("omnichannel.tracking.telegram", "TELEGRAM_LINK_MAX_AGE")
+#: Short click links (SMS): the token names the message and the link's index in it.
+SHORT_CLICK = TokenKind("omnichannel.tracking.short-click", "CLICK_LINK_MAX_AGE")
 
 
 def make_token(kind: TokenKind, payload: dict[str, Any]) -> str:

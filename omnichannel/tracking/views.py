@@ -52,7 +52,7 @@ from ..profiles.models import (
     ProfileMerge,
     Purpose,
 )
-from . import tokens
+from . import links, tokens
 
 logger = logging.getLogger("omnichannel.tracking")
 
@@ -229,6 +229,31 @@ def click(request: HttpRequest, token: str) -> HttpResponse:
     except TamperedToken as exc:
         return _link_error(request, exc)
     if request.method == "GET":  # HEAD is a link checker asking, not a person clicking
+        _record(message_uuid, MessageStatus.CLICKED, source="click-link")
+    response = _Redirect(target)
+    _private(response)
+    return response
+
+
+@require_http_methods(["GET", "HEAD"])
+def short_click(request: HttpRequest, token: str) -> HttpResponse:
+    """A short link (SMS): the token names a message and one of the targets stored on it."""
+    try:
+        value = tokens.read_compact_token(tokens.SHORT_CLICK, token)
+        message_id, index = divmod(value, links.SHORT_LINKS_PER_MESSAGE)
+        found = Message.objects.filter(pk=message_id).values_list("uuid", "data").first()
+        if found is None:
+            raise TamperedToken("this link belongs to a message that no longer exists")
+        message_uuid, data = found
+        targets = data.get("links") if isinstance(data, dict) else None
+        if not isinstance(targets, list) or index >= len(targets):
+            raise TamperedToken("this link leads nowhere we can send you")
+        target = _safe_target(targets[index])
+        if target is None:
+            raise TamperedToken("this link leads nowhere we can send you")
+    except TamperedToken as exc:
+        return _link_error(request, exc)
+    if request.method == "GET":
         _record(message_uuid, MessageStatus.CLICKED, source="click-link")
     response = _Redirect(target)
     _private(response)

@@ -356,7 +356,7 @@ def test_demo_templates_fit_two_segments_with_a_tracked_link(use_channels, templ
     assert message.units <= 2, message.body_text
     assert "Omnichannel demo shop" in message.body_text
     if template != "test":
-        assert f"{SITE}/omnichannel/c/" in message.body_text
+        assert f"{SITE}/omnichannel/s/" in message.body_text
         assert message.body_text.endswith("Reply STOP to opt out.")
     transactional = queue(profile, template=template, purpose="transactional")
     assert "STOP" not in transactional.body_text
@@ -365,7 +365,7 @@ def test_demo_templates_fit_two_segments_with_a_tracked_link(use_channels, templ
 def test_abandoned_basket_links_to_the_given_basket_url(use_channels):
     use_channels(sms=LOCMEM)
     message = queue(customer(), template="abandoned_basket", context={"basket_url": "/basket/"})
-    assert "Finish your order: https://shop.example.com/omnichannel/c/" in message.body_text
+    assert "Finish your order: https://shop.example.com/omnichannel/s/" in message.body_text
     assert message.units == 2
 
 

@@ -62,6 +62,8 @@ class SmsChannel(BaseChannel):
     template_folder = "sms"
     template_parts = {"body.txt": True}
     label = "SMS"
+    # Every character costs: {% tracked_url %} makes short links (about 70 characters).
+    short_links = True
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
