@@ -216,6 +216,58 @@ class EventSerializer(PersonSerializer):
     )
     payload = PayloadField(required=False, help_text="Anything else, as a JSON object.")
 
+    def to_internal_value(self, data: Any) -> Any:
+        # Most events of a batch are plain (strings, a small payload): checking those by hand
+        # costs a fifth of DRF's field-by-field machinery, which is 40 % of a batch's
+        # server time. Anything the fast path is not sure about goes through DRF, which
+        # also writes the error messages; tests check that both give the same result.
+        fast = self._plain_event(data)
+        return fast if fast is not None else super().to_internal_value(data)
+
+    def _plain_event(self, data: Any) -> dict[str, Any] | None:
+        """The validated event when ``data`` is plainly valid, else None (ask DRF)."""
+        if type(data) is not dict or not data.keys() <= _PLAIN_EVENT_KEYS:
+            return None
+        out: dict[str, Any] = {}
+        for name, limit in (("client_id", 64), ("type", 64), ("anonymous_id", 64), ("sku", 128)):
+            if name in data:
+                value = _plain_text(data[name], limit)
+                if value is None:
+                    return None
+                out[name] = value
+        if "client_id" not in out or "type" not in out:
+            return None
+        if not _SLUG.match(out["type"]) or out["type"] in RESERVED_EVENT_TYPES:
+            return None
+        if "anonymous_id" in out:
+            out["anonymous_id"] = out["anonymous_id"].strip()  # normalise_token, as DRF's path
+        if "product_id" in data:
+            product_id = data["product_id"]
+            if type(product_id) is not int or not 1 <= product_id <= INT32_MAX:
+                return None
+            out["product_id"] = product_id
+        if "identities" in data:
+            identities = data["identities"]
+            if type(identities) is not dict or not identities.keys() <= _IDENTITY_KEYS:
+                return None
+            out["identities"] = {}
+            for kind in _IDENTITY_KEYS_IN_ORDER:
+                if kind in identities:
+                    value = _plain_text(identities[kind], 255)
+                    if value is None:
+                        return None
+                    try:
+                        out["identities"][kind] = normalise_identity(kind, value)
+                    except InvalidIdentity:
+                        return None
+        for name in ("occurred_at", "payload"):
+            if name in data:
+                try:
+                    out[name] = self.fields[name].run_validation(data[name])
+                except serializers.ValidationError:
+                    return None
+        return out
+
     def validate_type(self, value: str) -> str:
         if value in RESERVED_EVENT_TYPES:
             raise serializers.ValidationError(
@@ -230,6 +282,32 @@ class EventSerializer(PersonSerializer):
         if "amount" in attrs and "currency" not in attrs:
             raise serializers.ValidationError({"currency": [_("Required with an amount.")]})
         return attrs
+
+
+_PLAIN_EVENT_KEYS = {
+    "client_id",
+    "type",
+    "anonymous_id",
+    "identities",
+    "occurred_at",
+    "product_id",
+    "sku",
+    "payload",
+}
+_IDENTITY_KEYS_IN_ORDER = ("email", "phone", "loyalty_card", "device")  # IdentitiesSerializer's
+_IDENTITY_KEYS = set(_IDENTITY_KEYS_IN_ORDER)
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]+\Z")  # SlugField's
+
+
+def _plain_text(value: Any, max_length: int) -> str | None:
+    """What DRF's CharField makes of a plain string (stripped; not blank, not too long, nothing
+    PostgreSQL refuses), or None to let DRF decide and explain."""
+    if type(value) is not str:
+        return None
+    value = value.strip()
+    if not value or len(value) > max_length or UNSTORABLE_CHARACTERS.search(value):
+        return None
+    return value
 
 
 class BoundedListField(serializers.ListField):
