@@ -10,6 +10,9 @@
 2. Bulk profile rebuild: N customers with their orders generated in SQL, then
    ``omnichannel_rebuild_profiles --backfill``; profiles per second, overall and per phase.
 
+Also the API (bench/api_bench.py), on <name>_api: the API served by gunicorn on loopback,
+events per second in batches of 100 against one event per request, in the same run.
+
 Databases are named after DATABASE_URL's (default omnichannel_bench): <name>_tpl_on,
 <name>_tpl_off, <name>_on, <name>_off, <name>_rebuild. They are created here and dropped at
 the end, whatever happens. Speed is reported, never asserted: the exit status is 0 unless the
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api_bench import run_api
 from common import (
     BENCH_DIR,
     DEFAULT_DATABASE_URL,
@@ -427,7 +431,7 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="smaller run: 60 adds, 16 checkouts, 1k and 5k customers",
     )
-    parser.add_argument("--only", choices=["checkout", "rebuild"], help="run one bench only")
+    parser.add_argument("--only", choices=["checkout", "rebuild", "api"], help="run one bench only")
     parser.add_argument("--adds", type=int, help="timed add-to-basket requests per variant")
     parser.add_argument("--checkouts", type=int, help="timed checkouts per variant")
     parser.add_argument("--sizes", help="customers per rebuild run, comma-separated")
@@ -493,16 +497,18 @@ def main() -> int:
             f"databases: {admin.base_name}_* at {redact(admin.server_url)}"
             f"{' (quick run)' if args.quick else ''}"
         )
-        variants = ["on"] if args.only == "rebuild" else list(VARIANTS)
+        variants = ["on"] if args.only in ("rebuild", "api") else list(VARIANTS)
         templates = prepare_templates(admin, variants, args.reuse_templates)
         if args.reuse_templates:  # kept for the next run
             admin.created = [n for n in admin.created if n not in templates.values()]
-        if args.only != "rebuild":
+        if args.only in (None, "checkout"):
             figures["checkout"] = run_checkout(admin, templates, args)
-        if args.only != "checkout":
+        if args.only in (None, "rebuild"):
             figures["rebuild"] = run_rebuild(admin, templates["on"], args.sizes, args)
             if any(r["verify"]["problem_count"] for r in figures["rebuild"]):
                 status = 1
+        if args.only in (None, "api"):
+            figures["api"] = run_api(admin, templates["on"], args)
     except BenchError as exc:
         print(f"\nbench: {exc}", file=sys.stderr)
         status = 2
