@@ -9,14 +9,16 @@
    database, small batches alternating between the two; ms per request and the ratio.
 2. Bulk profile rebuild: N customers with their orders generated in SQL, then
    ``omnichannel_rebuild_profiles --backfill``; profiles per second, overall and per phase.
+3. Segments: N profiles (default 1,000,000) with 10 N events and 3 N messages generated in
+   SQL; segment counts and fetches, RFM refresh, a naive Python evaluation for comparison.
 
 Also the API (bench/api_bench.py), on <name>_api: the API served by gunicorn on loopback,
 events per second in batches of 100 against one event per request, in the same run.
 
 Databases are named after DATABASE_URL's (default omnichannel_bench): <name>_tpl_on,
-<name>_tpl_off, <name>_on, <name>_off, <name>_rebuild. They are created here and dropped at
-the end, whatever happens. Speed is reported, never asserted: the exit status is 0 unless the
-bench could not run (2) or a rebuilt profile disagrees with its orders (1).
+<name>_tpl_off, <name>_on, <name>_off, <name>_rebuild, <name>_segments. They are created here
+and dropped at the end, whatever happens. Speed is reported, never asserted: the exit status
+is 0 unless the bench could not run (2) or a rebuilt profile disagrees with its orders (1).
 """
 
 from __future__ import annotations
@@ -419,6 +421,97 @@ def report_rebuild(r: dict) -> None:
         )
 
 
+# --- segments ---------------------------------------------------------------------------------
+
+SEGMENT_COUNT_TARGET_S = 2.0
+RFM_REFRESH_TARGET_S = 60.0
+
+
+def run_segments(admin: Admin, template: str, sizes: list[int], args: argparse.Namespace) -> list:
+    log("\n== Segments: N profiles, 10 N events, 3 N messages; counts, fetches, RFM refresh ==")
+    results = []
+    for size in sizes:
+        name = admin.create(admin.name("segments"), template=template)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "segments.json"
+            log(
+                f"  {size:,} profiles: generating data, then measuring "
+                f"(load {os.getloadavg()[0]:.1f})..."
+            )
+            run_script(
+                "segments_bench.py",
+                [f"--profiles={size}", f"--json={out}"],
+                django_env(admin.url_of(name), omnichannel=True),
+                label=f"segments {size}",
+            )
+            result = json.loads(out.read_text())
+        admin.drop(name)
+        result["load_after"] = os.getloadavg()[0]
+        results.append(result)
+        report_segments(result)
+    return results
+
+
+def _segment_rows(rows: list[dict]) -> None:
+    log(f"    {'segment':76}{'members':>10}{'cold':>8}{'count':>8}{'fetch':>8}")
+    for row in rows:
+        log(
+            f"    {row['name'][:75]:76}{row['count']:>10,}{row['count_cold_s']:>7.2f}s"
+            f"{row['count_s']:>7.2f}s{row['fetch_1000_s']:>7.2f}s"
+        )
+
+
+def report_segments(r: dict) -> None:
+    n = r["profiles"]
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in r["generate_phases_s"].items())
+    log(
+        f"    data: {n:,} profiles, {r['events']:,} events ({r['orders']:,} orders), "
+        f"{r['messages']:,} messages; generated in {r['generate_s']:.0f} s ({phases})"
+    )
+    scores = r["scores"]
+    verdict = "met" if scores["rfm_s"] <= RFM_REFRESH_TARGET_S else "MISSED"
+    log(
+        f"    RFM refresh: {scores['rfm_s']:.1f} s for {scores['rfm_rows']:,} customers with "
+        f"orders (target {RFM_REFRESH_TARGET_S:.0f} s: {verdict}); engagement refresh "
+        f"{scores['engagement_s']:.1f} s ({scores['engagement_rows']:,} rows); purchased "
+        f"products rebuild {r['generate_phases_s']['purchased_products']:.1f} s"
+    )
+    log("    as migrated (cold = first count; count and fetch of 1000 ids: median of 3):")
+    _segment_rows(r["segments"])
+    log(
+        f"    with the proposed indexes (built in {r['recommended_indexes_s']:.0f} s): Message "
+        "(channel, opened_at) and (channel, clicked_at), Event (product, type, occurred_at):"
+    )
+    _segment_rows(r["segments_indexed"])
+    main, indexed = r["segments"][0], r["segments_indexed"][0]
+    best = min(main["count_s"], indexed["count_s"])
+    verdict = "met" if best <= SEGMENT_COUNT_TARGET_S else "MISSED"
+    log(
+        f"    main segment count: {main['count_s']:.2f} s as migrated, {indexed['count_s']:.2f} s "
+        f"with the indexes (target {SEGMENT_COUNT_TARGET_S:.0f} s: {verdict})"
+    )
+    naive = r["naive"]
+    per_profile = naive["naive_s"] / naive["subset"]
+    extrapolated = per_profile * n
+    agree = "agrees" if naive["naive_count"] == naive["sql_count_on_subset"] else "DISAGREES"
+    log(
+        f"    naive Python (load profiles, test each condition per profile) on "
+        f"{naive['subset']:,} profiles: {naive['naive_s']:.1f} s, {naive['naive_count']:,} "
+        f"members (SQL on the same profiles {agree}: {naive['sql_count_on_subset']:,})"
+    )
+    log(
+        f"      extrapolated to {n:,} profiles: {extrapolated:,.0f} s = "
+        f"{extrapolated / main['count_s']:,.0f}x the SQL count"
+    )
+    log("    plan of the main count (EXPLAIN ANALYZE, as migrated):")
+    for line in r["plan"].splitlines():
+        log(f"      {line}")
+    log("    plan of the main count with the proposed indexes:")
+    for line in r["plan_indexed"].splitlines():
+        log(f"      {line}")
+    log(f"    load average after the run: {r['load_after']:.1f}")
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -431,10 +524,16 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="smaller run: 60 adds, 16 checkouts, 1k and 5k customers",
     )
-    parser.add_argument("--only", choices=["checkout", "rebuild", "api"], help="run one bench only")
+    parser.add_argument(
+        "--only", choices=["checkout", "rebuild", "segments", "api"], help="run one bench only"
+    )
     parser.add_argument("--adds", type=int, help="timed add-to-basket requests per variant")
     parser.add_argument("--checkouts", type=int, help="timed checkouts per variant")
     parser.add_argument("--sizes", help="customers per rebuild run, comma-separated")
+    parser.add_argument(
+        "--segment-profiles",
+        help="profiles per segments run, comma-separated (default 1000000; --quick 20000)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="profile the checkout path even if within target"
     )
@@ -458,6 +557,13 @@ def parse_args() -> argparse.Namespace:
         args.sizes = [int(s.replace("_", "")) for s in sizes.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--sizes must be comma-separated integers, not {sizes!r}")
+    segment_sizes = args.segment_profiles or ("20000" if quick else "1000000")
+    try:
+        args.segment_profiles = [
+            int(s.replace("_", "")) for s in segment_sizes.split(",") if s.strip()
+        ]
+    except ValueError:
+        parser.error(f"--segment-profiles must be comma-separated integers, not {segment_sizes!r}")
     if args.adds < 2 or args.checkouts < 1:
         parser.error("need at least 2 adds and 1 checkout")
     return args
@@ -497,7 +603,7 @@ def main() -> int:
             f"databases: {admin.base_name}_* at {redact(admin.server_url)}"
             f"{' (quick run)' if args.quick else ''}"
         )
-        variants = ["on"] if args.only in ("rebuild", "api") else list(VARIANTS)
+        variants = ["on"] if args.only in ("rebuild", "segments", "api") else list(VARIANTS)
         templates = prepare_templates(admin, variants, args.reuse_templates)
         if args.reuse_templates:  # kept for the next run
             admin.created = [n for n in admin.created if n not in templates.values()]
@@ -507,6 +613,8 @@ def main() -> int:
             figures["rebuild"] = run_rebuild(admin, templates["on"], args.sizes, args)
             if any(r["verify"]["problem_count"] for r in figures["rebuild"]):
                 status = 1
+        if args.only in (None, "segments"):
+            figures["segments"] = run_segments(admin, templates["on"], args.segment_profiles, args)
         if args.only in (None, "api"):
             figures["api"] = run_api(admin, templates["on"], args)
     except BenchError as exc:

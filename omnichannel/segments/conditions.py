@@ -174,6 +174,14 @@ class ConditionType:
         """The condition as a Q over CustomerProfile, from cleaned params."""
         raise NotImplementedError(f"{type(self).__name__}.to_q must be implemented")
 
+    def to_negated_q(self, params: dict[str, Any], *, now: datetime) -> Q:
+        """The exact complement of ``to_q``; override when another SQL shape is faster.
+
+        Negations in the rules are pushed down to the conditions, so this is what a negated
+        condition, or a condition inside a negated group, compiles to.
+        """
+        return ~self.to_q(params, now=now)
+
     def describe(self, params: dict[str, Any]) -> str:
         """A sentence for people, e.g. "Orders count at least 3"."""
         return str(self.label)
@@ -603,18 +611,16 @@ class ConsentCondition(ConditionType):
     form_class = ConsentForm
 
     def to_q(self, params: dict[str, Any], *, now: datetime) -> Q:
-        # Grants with no later record for the same channel and purpose: the latest record wins
-        # (ties on time go to the higher id, as in consents.current_consents). Uncorrelated
-        # with the outer profile, so the planner hashes it once instead of running a sorted
-        # subquery per profile; a profile without records is simply not in it, so the
-        # negation includes it.
+        # A grant with no later record for the same channel and purpose: the latest record
+        # wins (ties on time go to the higher id, as in consents.current_consents). Two
+        # EXISTS, which PostgreSQL turns into joins (no sorted subquery per profile); a
+        # profile without records has no such grant, so the negation includes it.
         same = {"channel": params["channel"], "purpose": params["purpose"]}
         later = Consent.objects.filter(profile_id=OuterRef("profile_id"), **same).filter(
             Q(created_at__gt=OuterRef("created_at"))
             | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk"))
         )
-        latest_grants = Consent.objects.filter(granted=True, **same).exclude(Exists(later))
-        return Q(pk__in=latest_grants.values("profile_id"))
+        return _profile_exists(Consent.objects.filter(granted=True, **same).exclude(Exists(later)))
 
     def describe(self, params: dict[str, Any]) -> str:
         return gettext("Consent granted for %(channel)s (%(purpose)s)") % {
@@ -709,11 +715,10 @@ class EventCondition(ConditionType):
         events = self.events(params, now=now)
         count = params.get("min_count") or 1
         if count == 1:
-            # EXISTS: a semi-join (anti-join when negated) served by (profile, type, time).
+            # EXISTS: a semi-join served by the index (profile, type, occurred_at).
             return _profile_exists(events)
-        # At least n: the profiles of one uncorrelated GROUP BY ... HAVING, which the planner
-        # hashes once (a correlated EXISTS ... OFFSET n-1 would run once per profile).
-        # profile IS NOT NULL keeps NOT IN exact under negation.
+        # At least n: IN the profiles of one uncorrelated GROUP BY ... HAVING, which becomes
+        # a semi-join computed once (a correlated EXISTS would run once per profile).
         groups = (
             events.filter(profile__isnull=False)
             .order_by()
@@ -723,6 +728,16 @@ class EventCondition(ConditionType):
             .values("profile_id")
         )
         return Q(pk__in=groups)
+
+    def to_negated_q(self, params: dict[str, Any], *, now: datetime) -> Q:
+        events = self.events(params, now=now)
+        count = params.get("min_count") or 1
+        # NOT EXISTS: an anti-join. Not "NOT IN (GROUP BY ...)": PostgreSQL never turns NOT IN
+        # into an anti-join, and when the set is bigger than work_mem it rescans the list for
+        # every profile. For n > 1, NOT EXISTS (... LIMIT 1 OFFSET n-1) reads at most n index
+        # entries of each profile that is still a candidate.
+        own = events.filter(profile=OuterRef("pk")).order_by()
+        return ~Q(Exists(own[count - 1 : count]))
 
     def describe(self, params: dict[str, Any]) -> str:
         event_type = event_type_of(params)
@@ -1050,6 +1065,11 @@ class InSegmentCondition(ConditionType):
         from .rules import compile_segment_reference
 
         return compile_segment_reference(params["segment"], now=now)
+
+    def to_negated_q(self, params: dict[str, Any], *, now: datetime) -> Q:
+        from .rules import compile_segment_reference
+
+        return compile_segment_reference(params["segment"], now=now, negated=True)
 
     def describe(self, params: dict[str, Any]) -> str:
         from .models import Segment

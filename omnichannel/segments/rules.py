@@ -312,8 +312,9 @@ def compiling() -> Iterator[_Compilation]:
         _compilation.reset(token)
 
 
-#: Always true / always false, so that an empty group negates to nothing (``~Q()`` is empty).
+#: Always true and always false (an empty Q() would be "no filter" either way).
 EVERYONE = Q(pk__isnull=False)
+NOBODY = Q(pk__isnull=True)
 
 
 def compile_rules(rules: dict[str, Any], *, now: datetime, segment_id: int | None = None) -> Q:
@@ -336,23 +337,33 @@ def compile_rules(rules: dict[str, Any], *, now: datetime, segment_id: int | Non
                 state.stack.pop()
 
 
-def _compile(node: dict[str, Any], *, now: datetime) -> Q:
+def _compile(node: dict[str, Any], *, now: datetime, negated: bool = False) -> Q:
+    """The Q of a node; ``negated``: the node is inside an odd number of negations.
+
+    Negations are pushed down to the conditions (De Morgan: not (a and b) = not a or not b),
+    so that each condition picks the SQL shape that stays fast when negated (see
+    ``ConditionType.to_negated_q``) instead of a NOT around a whole subtree.
+    """
+    negated = negated != node["negate"]
     if "type" in node:
-        q = registry.get(node["type"]).to_q(node["params"], now=now)
-    elif not node["children"]:
-        q = EVERYONE
-    else:
-        parts = [_compile(child, now=now) for child in node["children"]]
-        q = parts[0]
-        for part in parts[1:]:
-            q = (q & part) if node["op"] == "all" else (q | part)
-    if node["negate"]:
-        q = ~q
+        condition = registry.get(node["type"])
+        if negated:
+            return condition.to_negated_q(node["params"], now=now)
+        return condition.to_q(node["params"], now=now)
+    if not node["children"]:
+        return NOBODY if negated else EVERYONE
+    op = node["op"]
+    if negated:
+        op = "any" if op == "all" else "all"
+    parts = [_compile(child, now=now, negated=negated) for child in node["children"]]
+    q = parts[0]
+    for part in parts[1:]:
+        q = (q & part) if op == "all" else (q | part)
     return q
 
 
-def compile_segment_reference(segment_id: int, *, now: datetime) -> Q:
-    """The Q of another segment's rules (for the ``in_segment`` condition)."""
+def compile_segment_reference(segment_id: int, *, now: datetime, negated: bool = False) -> Q:
+    """The Q of another segment's rules, or of their negation (for ``in_segment``)."""
     from .models import Segment
 
     with compiling() as state:
@@ -383,7 +394,7 @@ def compile_segment_reference(segment_id: int, *, now: datetime) -> Q:
                 ]
             ) from exc
         try:
-            return _compile(cleaned, now=now)
+            return _compile(cleaned, now=now, negated=negated)
         finally:
             state.stack.pop()
 

@@ -61,6 +61,30 @@ def test_nested_all_any_and_negation():
     assert matching(rules) == {c.pk, d.pk}
 
 
+def test_negated_groups_push_negation_down_to_the_conditions():
+    """not (a or b) = not a and not b, also for conditions with a negated form of their own."""
+    from omnichannel.profiles.models import Event
+
+    viewer = profile(orders_count=1)
+    for _ in range(2):
+        Event.objects.create(profile=viewer, type="product_viewed", occurred_at=NOW)
+    rich = profile(orders_count=9)
+    neither = profile(orders_count=1)
+    twice = cond("event", event_type="product_viewed", min_count=2)
+    many = cond("orders_count", min=5)
+    assert matching(group("any", twice, many)) == {viewer.pk, rich.pk}
+    assert matching(group("any", twice, many, negate=True)) == {neither.pk}
+    assert matching(group("all", group("any", twice, many, negate=True), negate=True)) == {
+        viewer.pk,
+        rich.pk,
+    }
+    nested_segment = Segment.objects.create(name="Twice", rules=group("all", twice))
+    assert matching(group("all", cond("in_segment", negate=True, segment=nested_segment.pk))) == {
+        rich.pk,
+        neither.pk,
+    }
+
+
 def test_empty_root_matches_everyone_and_its_negation_no_one():
     a, b = profile(), profile()
     assert matching({"op": "all", "negate": False, "children": []}) == {a.pk, b.pk}
