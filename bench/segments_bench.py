@@ -101,21 +101,18 @@ def drop_indexes(tables: list[str]) -> list[str]:
 
 def make_catalogue() -> dict[str, list[int]]:
     """About 20 categories in 4 trees and 300 products (ids by category path)."""
+    from oscar.apps.catalogue.categories import create_from_breadcrumbs
     from oscar.core.loading import get_model
 
-    Category = get_model("catalogue", "Category")
     Product = get_model("catalogue", "Product")
     ProductClass = get_model("catalogue", "ProductClass")
     ProductCategory = get_model("catalogue", "ProductCategory")
     product_class, _ = ProductClass.objects.get_or_create(name="Bench segment item")
-    leaves = []
-    for root_name, children in SUBCATEGORIES.items():
-        root = Category.objects.filter(name=root_name, depth=1).first()
-        if root is None:
-            root = Category.add_root(name=root_name)
-        for child in children:
-            existing = root.get_children().filter(name=child).first()
-            leaves.append(existing or root.add_child(name=child))
+    leaves = [
+        create_from_breadcrumbs(f"{root} > {child}")
+        for root, children in SUBCATEGORIES.items()
+        for child in children
+    ]
     products = Product.objects.bulk_create(
         [
             Product(
