@@ -75,12 +75,17 @@ def report_api(r: dict) -> None:
             f"{x['median_ms']:>7.0f}ms{x['p95_ms']:>7.0f}ms{per_cpu:>14}"
         )
     verdict = "met" if batch["events_per_s"] >= TARGET_EVENTS_PER_S else "not met"
+    capacity = ""
+    if batch["events_per_cpu_s"]:
+        capacity = (
+            f" (server side alone, at {batch['events_per_cpu_s']:,.0f} events per CPU-second, "
+            f"would take {r['cpus'] * batch['events_per_cpu_s']:,.0f}/s on {r['cpus']} idle "
+            "CPUs)"
+        )
     print(
         f"    batches: {batch['events_per_s'] / single['events_per_s']:.0f}x the events/s of "
-        f"single requests; target {TARGET_EVENTS_PER_S:,} events/s in batches: {verdict} "
-        f"(server side alone, at {batch['events_per_cpu_s'] or 0:,.0f} events per CPU-second, "
-        f"would take {r['cpus'] * (batch['events_per_cpu_s'] or 0):,.0f}/s on {r['cpus']} "
-        "idle CPUs)"
+        f"single requests; target {TARGET_EVENTS_PER_S:,} events/s in batches: {verdict}"
+        f"{capacity}"
     )
 
 
@@ -360,7 +365,11 @@ def main() -> None:
             "server_cpu_s": result["cpu_s"],
             # Events per CPU-second of the server side (app + database): what the machine's
             # cores could take if nothing else ran on them (the client's own CPU aside).
-            "events_per_cpu_s": result["events"] / result["cpu_s"] if result["cpu_s"] else None,
+            # Without persistent connections each request has a backend of its own that is
+            # gone before it could be counted: the figure would leave the database out.
+            "events_per_cpu_s": result["events"] / result["cpu_s"]
+            if result["cpu_s"] and args.conn_max_age > 0
+            else None,
             "median_ms": statistics.median(result["latencies"]) * 1000,
             "p95_ms": statistics.quantiles(result["latencies"], n=20)[-1] * 1000,
         }
