@@ -223,3 +223,46 @@ def test_an_accept_header_without_json_is_406(app_client):
     response = app_client.post(URL, {"events": [event(1)]}, format="json", HTTP_ACCEPT="text/html")
     assert response.status_code == 406
     assert not Event.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_that_races_the_first_attempt_is_stored_once(make_client):
+    """Another request commits a receipt for one of our client ids between our look-up and
+    our insert: the unique constraint refuses ours, and the retry answers it as a duplicate."""
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        # SQLite has one writer at a time: the other request would wait for ours. CI's
+        # PostgreSQL pass runs this test.
+        pytest.skip("needs concurrent writers (PostgreSQL)")
+
+    client = make_client()
+    injected: list[bool] = []
+
+    def other_request_commits_first(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not injected and sql.startswith("SELECT") and "omnichannel_apieventreceipt" in sql:
+            injected.append(True)
+            other = connections.create_connection("default")
+            try:
+                with other.cursor() as cursor:
+                    cursor.execute(
+                        "INSERT INTO omnichannel_apieventreceipt "
+                        "(key_id, kind, client_id, created_at) VALUES (%s, 'event', %s, now())",
+                        [client.key.pk, "ev-1"],
+                    )
+            finally:
+                other.close()
+        return result
+
+    with connection.execute_wrapper(other_request_commits_first):
+        response = post(client, [event(1), event(2)])
+    assert injected
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert [(e["client_id"], e["duplicate"]) for e in body["events"]] == [
+        ("ev-1", True),
+        ("ev-2", False),
+    ]
+    assert Event.objects.count() == 1  # the first attempt's inserts were rolled back
+    assert ApiEventReceipt.objects.filter(client_id="ev-1").count() == 1
