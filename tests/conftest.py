@@ -45,8 +45,12 @@ def redis_url() -> str:
 def _drop_celery_connection_pools(app) -> None:
     # The app caches its connection and producer pools (built from broker_url on first use);
     # drop them so the next send uses the new URL, as Celery itself does after a fork.
-    if app._pool is not None:
-        app._pool.force_close_all(close_pool=False)
+    # The app's pool comes from kombu's global registry, keyed by the broker URL: closing it
+    # in place would leave an empty pool for the next test on the same URL, whose first
+    # acquire then waits forever. Reset the registry instead.
+    from kombu import pools
+
+    pools.reset()
     app._pool = None
     if "amqp" in app.__dict__:
         app.__dict__["amqp"]._producer_pool = None
