@@ -51,6 +51,12 @@ def test_setup_schedules_creates_and_updates_only_its_own_rows(settings):
     call_command("omnichannel_setup_schedules", stdout=out)
     task = PeriodicTask.objects.get(task=FOLD_EVENTS_TASK)
     assert task.interval.every == app_settings.EVENT_FOLD_INTERVAL
+    assert set(PeriodicTask.objects.values_list("task", flat=True)) == {
+        "other.task",
+        FOLD_EVENTS_TASK,
+        "omnichannel.channels.deliver_due",
+        "omnichannel.segments.refresh_rfm",
+    }
     settings.OMNICHANNEL = {"EVENT_FOLD_INTERVAL": 30}
     call_command("omnichannel_setup_schedules", stdout=out)
     assert PeriodicTask.objects.get(task=FOLD_EVENTS_TASK).interval.every == 30
