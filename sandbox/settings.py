@@ -6,7 +6,6 @@ Set DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/omnichannel) and CELER
 """
 
 import os
-from importlib.util import find_spec
 from pathlib import Path
 
 import dj_database_url
@@ -88,7 +87,7 @@ INSTALLED_APPS = [
     # The omnichannel API (omnichannel/api/, docs/api.md) and its OpenAPI schema and docs page.
     "rest_framework",
     "drf_spectacular",
-    *(["drf_spectacular_sidecar"] if find_spec("drf_spectacular_sidecar") else []),
+    "drf_spectacular_sidecar",
     "omnichannel",
     "sandbox",
 ]
