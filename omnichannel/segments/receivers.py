@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django.db import transaction
+from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from ..profiles.models import EventType
@@ -59,3 +60,18 @@ def receive_profiles_merged(sender: Any, survivor: Any, **kwargs: Any) -> None:
             refresh_purchased_products([survivor.pk])
     except Exception:  # derived rows: the survivor's next order repairs them
         logger.exception("could not refresh purchased products of profile %s", survivor.pk)
+
+
+def _connect_category_signals() -> None:
+    from .conditions import forget_category_subtrees
+
+    # A lazy "app_label.Model" sender: Oscar's catalogue may be forked under another app.
+    for signal in (post_save, post_delete):
+        signal.connect(
+            forget_category_subtrees,
+            sender="catalogue.Category",
+            dispatch_uid=f"omnichannel.segments.category_subtrees.{signal is post_save}",
+        )
+
+
+_connect_category_signals()

@@ -245,6 +245,15 @@ def test_bought_in_a_category_within_days_uses_purchased_categories():
     assert one("bought", negate=True, category=kitchen.pk, days=180) == {old.pk, gardener.pk}
 
 
+def test_a_new_subcategory_is_seen_at_once():
+    kitchen = create_from_breadcrumbs("Kitchen")
+    buyer = profile()
+    assert one("bought", category=kitchen.pk) == set()  # caches Kitchen's subtree
+    kettles = create_from_breadcrumbs("Kitchen > Kettles")  # post_save clears the cache
+    PurchasedCategory.objects.create(profile=buyer, category=kettles, last_bought_at=NOW)
+    assert one("bought", category=kitchen.pk) == {buyer.pk}
+
+
 def test_bought_a_product_counts_its_variants():
     parent = create_product(title="Fridge", structure="parent")
     variant = create_product(title="Fridge, white", parent=parent)
