@@ -107,6 +107,14 @@ class CategoryField(ReferenceField):
     def queryset(self) -> QuerySet:
         return get_model("catalogue", "Category")._default_manager.all()
 
+    def check_exists(self, value: int) -> None:
+        # One fresh query, which also refreshes the subtree cache for the evaluation that
+        # usually follows (a live preview: validate, then count).
+        if not category_subtree(value, refresh=True):
+            raise ValidationError(
+                gettext("%(what)s %(id)s does not exist.") % {"what": "Category", "id": value}
+            )
+
 
 class SegmentField(ReferenceField):
     param_type = "segment"
@@ -343,7 +351,7 @@ _subtrees: dict[int, tuple[float, tuple[int, ...]]] = {}
 SUBTREE_CACHE_SECONDS = 300.0
 
 
-def category_subtree(category_id: int) -> list[int]:
+def category_subtree(category_id: int, *, refresh: bool = False) -> list[int]:
     """Ids of a category and its descendants (treebeard path prefix), cached per process.
 
     Literal ids rather than a subquery on the path: PostgreSQL cannot estimate
@@ -353,7 +361,7 @@ def category_subtree(category_id: int) -> list[int]:
     ``SUBTREE_CACHE_SECONDS``.
     """
     now = time.monotonic()
-    cached = _subtrees.get(category_id)
+    cached = None if refresh else _subtrees.get(category_id)
     if cached is not None and cached[0] > now:
         return list(cached[1])
     Category_ = get_model("catalogue", "Category")
