@@ -454,14 +454,14 @@ class MessageProfileFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         value = self.value()
-        if not value or not value.isdigit():
+        if not value or not (value.isascii() and value.isdigit()):
             return []
         profile = CustomerProfile.objects.filter(pk=int(value)).first()
         return [(value, str(profile) if profile else _("Profile %s") % value)]
 
     def queryset(self, request, queryset):
         value = self.value()
-        if value and value.isdigit():
+        if value and value.isascii() and value.isdigit():
             return queryset.filter(profile_id=int(value))
         return queryset
 
@@ -722,7 +722,9 @@ class MessageAdmin(admin.ModelAdmin):
         custom = [
             path(
                 "preview/",
-                self.admin_site.admin_view(self.preview_view),
+                # A test send calls the provider: never inside ATOMIC_REQUESTS' transaction,
+                # which a later error would roll back after the message went out.
+                transaction.non_atomic_requests(self.admin_site.admin_view(self.preview_view)),
                 name="{}_{}_preview".format(*info),
             ),
         ]
@@ -769,7 +771,7 @@ class MessageAdmin(admin.ModelAdmin):
     def _initial(self, request: HttpRequest, channels: dict[str, BaseChannel]) -> dict[str, Any]:
         initial: dict[str, Any] = {"purpose": Purpose.TRANSACTIONAL, "template": "test"}
         profile = request.GET.get("profile", "")
-        if profile.isdigit():
+        if profile.isascii() and profile.isdigit():
             initial["profile"] = int(profile)
         channel = request.GET.get("channel", "")
         if channel in channels:

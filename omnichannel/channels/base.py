@@ -19,7 +19,7 @@ from django.template import Context, TemplateDoesNotExist, engines
 from django.template.loader import get_template
 
 from ..conf import app_settings
-from ..exceptions import ChannelError, ConfigurationError, RateLimited
+from ..exceptions import ChannelError, ConfigurationError, PermanentChannelError, RateLimited
 from ..profiles.models import Consent, Purpose
 
 if TYPE_CHECKING:
@@ -221,6 +221,9 @@ class BaseChannel:
                 break
             except ChannelError as exc:
                 results.append(exc)
+            except Exception as exc:  # one message's bug must not fail the rest (logged)
+                logger.exception("%s: message %s crashed the channel", self.name, message.pk)
+                results.append(PermanentChannelError(f"{type(exc).__name__}: {exc}"))
         return results
 
     def deliver_one(self, message: Message) -> str:

@@ -31,6 +31,7 @@ import re
 import smtplib
 from collections.abc import Sequence
 from datetime import datetime
+from email.headerregistry import Address
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -240,13 +241,16 @@ class EmailChannel(BaseChannel):
         """The complete email for ``message``: what is sent, and what the outbox shows."""
         name = ""
         if message.profile is not None:
-            name = f"{message.profile.first_name} {message.profile.last_name}".strip()
+            # Names come from checkouts and API payloads: no line breaks may reach a header.
+            name = " ".join(f"{message.profile.first_name} {message.profile.last_name}".split())
         reply_to = self.options.get("REPLY_TO")
         mail = EmailMultiAlternatives(
             subject=message.subject,
             body=message.body_text,
             from_email=self.from_email(),
-            to=[email.utils.formataddr((name, message.address)) if name else message.address],
+            # Address quotes the name as needed; Django encodes it and IDNA-encodes the domain
+            # when it sends (formataddr raised on a domain such as münchen.de).
+            to=[str(Address(display_name=name, addr_spec=message.address))],
             reply_to=[reply_to] if reply_to else None,
             headers=self.headers(message),
             connection=connection,
@@ -301,7 +305,10 @@ class EmailChannel(BaseChannel):
                 except RateLimited as exc:
                     results.extend([exc] * (len(messages) - index))
                     break
-                except ChannelError as exc:
+                except Exception as exc:  # one message's failure stays its own (logged)
+                    if not isinstance(exc, ChannelError):
+                        logger.exception("email %s: unexpected error", message.pk)
+                        exc = PermanentChannelError(f"{type(exc).__name__}: {exc}")
                     results.append(exc)
                     _close_quietly(connection)
                     try:
@@ -316,7 +323,13 @@ class EmailChannel(BaseChannel):
 
     def send_with(self, connection: BaseEmailBackend, message: Message) -> str:
         """Send ``message`` on an open ``connection``; map the backend's errors."""
-        mail = self.build_email(message, connection=connection)
+        try:
+            mail = self.build_email(message, connection=connection)
+        except Exception as exc:  # bad data in this message must fail it alone (logged)
+            logger.exception("email %s could not be built", message.pk)
+            raise PermanentChannelError(
+                f"the email could not be built: {type(exc).__name__}: {exc}"
+            ) from exc
         try:
             sent = connection.send_messages([mail])
         except Exception as exc:  # mapped; what we do not know is re-raised

@@ -22,7 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
-from django.utils import translation
+from django.utils import timezone, translation
 
 from ..conf import app_settings
 from ..exceptions import (
@@ -232,7 +232,9 @@ def _deliver_claimed(name: str, messages: list[Message], *, now: datetime) -> No
     sendable = [m for m in messages if _still_allowed(backend, m, now=now)]
     size = max(backend.batch_size, 1)
     for start in range(0, len(sendable), size):
-        batch = sendable[start : start + size]
+        batch = _renew_lease(sendable[start : start + size])
+        if not batch:
+            continue
         try:
             results: list[SendResult] = backend.send_batch(batch)
         except ChannelError as exc:
@@ -257,6 +259,27 @@ def _deliver_claimed(name: str, messages: list[Message], *, now: datetime) -> No
             return
 
 
+def _renew_lease(batch: list[Message]) -> list[Message]:
+    """Extend the lease of a batch about to go, and keep only the messages still ours.
+
+    A claim of many messages on a slow provider can outlast SENDING_LEASE; renewing per batch
+    keeps fail_stale_sends (another worker's run) from failing messages we are about to send,
+    and a message it did fail is not sent.
+    """
+    lease = timezone.now() + timedelta(seconds=int(app_settings.SENDING_LEASE))
+    by_claim: dict[str, list[int]] = defaultdict(list)
+    for message in batch:
+        by_claim[message.claimed_by].append(message.pk)
+    kept: set[int] = set()
+    for claim, pks in by_claim.items():
+        if not claim:
+            continue
+        mine = Message.objects.filter(pk__in=pks, claimed_by=claim, status=MessageStatus.SENDING)
+        mine.update(lease_expires_at=lease)
+        kept.update(mine.values_list("pk", flat=True))
+    return [message for message in batch if message.pk in kept]
+
+
 def _requeue_after_throttle(message: Message, error: RateLimited, *, until: datetime) -> None:
     # Not the message's fault: the attempt does not count.
     Message.objects.filter(pk=message.pk, status=MessageStatus.SENDING).update(
@@ -279,10 +302,17 @@ def _still_allowed(backend: BaseChannel, message: Message, *, now: datetime) -> 
         if not reach.ok:
             reason = reach.reason
     if not reason:
-        try:
-            pre_send.send(sender=type(backend), message=message, channel=backend)
-        except SendCancelled as exc:
-            reason = f"cancelled: {exc}"
+        # send_robust: a host's receiver that breaks must not stop the delivery run.
+        for receiver, response in pre_send.send_robust(
+            sender=type(backend), message=message, channel=backend
+        ):
+            if isinstance(response, SendCancelled):
+                reason = f"cancelled: {response}"
+                break
+            if isinstance(response, Exception):
+                logger.error(
+                    "pre_send receiver %r failed on message %s: %r", receiver, message.pk, response
+                )
     if reason:
         Message.objects.filter(pk=message.pk).update(claimed_by="", lease_expires_at=None)
         record_status(message, MessageStatus.SUPPRESSED, at=now, source="omnichannel", error=reason)
@@ -365,7 +395,15 @@ def fail_stale_sends(*, now: datetime) -> int:
             "pk", flat=True
         )
     )
+    failed = 0
     for pk in stale:
+        # Only if it is still stale now: its worker may have renewed the lease or finished.
+        released = Message.objects.filter(
+            pk=pk, status=MessageStatus.SENDING, lease_expires_at__lt=now
+        ).update(claimed_by="", lease_expires_at=None)
+        if not released:
+            continue
+        failed += 1
         record_status(
             pk,
             MessageStatus.FAILED,
@@ -373,7 +411,6 @@ def fail_stale_sends(*, now: datetime) -> int:
             source="omnichannel",
             error="the worker stopped while sending; not retried, so it cannot be sent twice",
         )
-    if stale:
-        Message.objects.filter(pk__in=stale).update(claimed_by="", lease_expires_at=None)
-        logger.warning("%d messages were still sending after their lease: failed", len(stale))
-    return len(stale)
+    if failed:
+        logger.warning("%d messages were still sending after their lease: failed", failed)
+    return failed

@@ -76,7 +76,16 @@ def record_status(
             detail=detail or {},
         )
     if locked.status != previous:
-        message_status_changed.send(
+        # send_robust: the status is stored; a failing receiver (a host's) is logged, and must
+        # not make a webhook or a delivery run fail after the fact.
+        for receiver, response in message_status_changed.send_robust(
             sender=Message, message=locked, previous=previous, reported=status
-        )
+        ):
+            if isinstance(response, Exception):
+                logger.error(
+                    "message_status_changed receiver %r failed on message %s: %r",
+                    receiver,
+                    locked.pk,
+                    response,
+                )
     return locked

@@ -84,9 +84,16 @@ def preferences_url(profile: CustomerProfile) -> str:
     return absolute(reverse("omnichannel:preferences", args=[token]))
 
 
-def basket_restore_url(basket_id: int, profile: CustomerProfile | None = None) -> str:
-    """A link that reopens this basket on any device (signed, expiring, this basket only)."""
-    payload = {"b": basket_id, "p": profile.uuid.hex if profile else None}
+def basket_restore_url(
+    basket_id: int, profile: CustomerProfile | None = None, *, message: Message | None = None
+) -> str:
+    """A link that reopens this basket on any device (signed, expiring, this basket only).
+
+    With ``message``, following the link records a click on it.
+    """
+    payload: dict[str, object] = {"b": basket_id, "p": profile.uuid.hex if profile else None}
+    if message is not None:
+        payload["m"] = message.uuid.hex
     token = tokens.make_token(tokens.BASKET, payload)
     return absolute(reverse("omnichannel:basket-restore", args=[token]))
 

@@ -634,3 +634,23 @@ def test_rate_limited_carries_retry_after_from_an_http_date(postmark):
     with pytest.raises(RateLimited) as caught:
         channel.send(message)
     assert 240 < caught.value.retry_after <= 300
+
+
+def test_names_with_line_breaks_and_international_domains_still_send(locmem):
+    """Names come from checkouts and API payloads; a header injection attempt or an IDN
+    domain must neither crash the batch nor reach the headers."""
+    now = timezone.now()
+    tricky = make_profile("jo@münchen.de", first_name="Jo\nBcc: evil@example.com", last_name="")
+    plain = make_profile("ann@example.com")
+    messages = [
+        queue_message(person, channel="email", purpose="marketing", template="test", now=now)
+        for person in (tricky, plain)
+    ]
+    deliver_due_messages(now=now)
+    for message in messages:
+        message.refresh_from_db()
+        assert message.status == MessageStatus.SENT, message.error
+    assert locmem[0].to == ['"Jo Bcc: evil@example.com" <jo@münchen.de>']
+    headers = locmem[0].message()
+    assert "xn--mnchen-3ya.de" in headers["To"]
+    assert headers["Bcc"] is None  # the name stayed inside the quoted display name

@@ -470,3 +470,33 @@ def test_a_webhook_that_beats_the_send_bookkeeping_keeps_its_status_and_the_id(n
     assert message.provider_message_id == "provider-42"
     assert message.status == MessageStatus.DELIVERED
     assert message.sent_at == now
+
+
+def test_a_failing_pre_send_receiver_is_logged_and_the_message_still_goes(now, caplog):
+    profile = make_profile(now)
+    message = queue(profile, now)
+
+    def broken(sender, message, channel, **kwargs):
+        raise KeyError("host bug")
+
+    pre_send.connect(broken)
+    try:
+        deliver_due_messages(now=now)
+    finally:
+        pre_send.disconnect(broken)
+    message.refresh_from_db()
+    assert message.status == MessageStatus.SENT
+    assert "host bug" in caplog.text
+
+
+def test_a_message_failed_as_stale_is_not_sent_by_its_late_worker(now):
+    from omnichannel.channels.sending import _deliver_claimed, fail_stale_sends
+
+    profile = make_profile(now)
+    message = queue(profile, now)
+    claimed = claim_due_messages(now=now, limit=10)  # this worker then stalls past its lease
+    assert fail_stale_sends(now=now + timedelta(seconds=301)) == 1  # another worker's run
+    _deliver_claimed("rec", claimed, now=now + timedelta(seconds=302))
+    message.refresh_from_db()
+    assert message.status == MessageStatus.FAILED
+    assert recording_channel.calls == []

@@ -391,25 +391,27 @@ def test_mailgun_complaint_withdraws_consent(client, settings, esps):
 
 
 @pytest.fixture
-def failing_status_receiver():
-    """A host project's message_status_changed receiver that fails with a chosen exception."""
+def failing_suppression_save():
+    """Saving a Suppression fails with a chosen exception (a database fault, a bug)."""
+    from django.db.models.signals import pre_save
+
     raised: list[BaseException] = []
 
     def receiver(**kwargs: Any) -> None:
         if raised:
             raise raised[0]
 
-    message_status_changed.connect(receiver, dispatch_uid="test-failing-status-receiver")
+    pre_save.connect(receiver, sender=Suppression, dispatch_uid="test-failing-suppression")
     yield raised
-    message_status_changed.disconnect(dispatch_uid="test-failing-status-receiver")
+    pre_save.disconnect(sender=Suppression, dispatch_uid="test-failing-suppression")
 
 
 def test_a_database_error_reaches_anymail_so_the_esp_retries(
-    client, settings, esps, failing_status_receiver
+    client, settings, esps, failing_suppression_save
 ):
     t0 = timezone.now() - timedelta(hours=1)
     message = send(settings, "postmark", at=t0)
-    failing_status_receiver.append(OperationalError("database is locked"))
+    failing_suppression_save.append(OperationalError("database is locked"))
     complaint = postmark_event("spam_complaint", at=t0 + timedelta(minutes=1))
     # anymail's view lets it through: Django answers 500 and Postmark sends the event again.
     with pytest.raises(OperationalError):
@@ -419,7 +421,7 @@ def test_a_database_error_reaches_anymail_so_the_esp_retries(
     assert not Suppression.objects.exists()
     assert has_consent(message.profile, channel="email", purpose="marketing")
 
-    failing_status_receiver.clear()  # the retry succeeds
+    failing_suppression_save.clear()  # the retry succeeds
     assert post(client, POSTMARK_HOOK, complaint).status_code == 200
     message.refresh_from_db()
     assert message.status == MessageStatus.COMPLAINED
@@ -427,15 +429,34 @@ def test_a_database_error_reaches_anymail_so_the_esp_retries(
 
 
 def test_other_errors_are_logged_and_the_webhook_answers_200(
-    client, settings, esps, failing_status_receiver, caplog
+    client, settings, esps, failing_suppression_save, caplog
 ):
     t0 = timezone.now() - timedelta(hours=1)
     message = send(settings, "postmark", at=t0)
-    failing_status_receiver.append(ValueError("a bug in a host's receiver"))
+    failing_suppression_save.append(ValueError("a bug"))
     with caplog.at_level(logging.ERROR, logger="omnichannel.tracking"):
-        response = post(client, POSTMARK_HOOK, postmark_event("delivery", at=t0))
+        response = post(client, POSTMARK_HOOK, postmark_event("bounce", at=t0))
     assert response.status_code == 200
     assert "could not be recorded" in caplog.text
-    assert "a bug in a host's receiver" in caplog.text
+    assert "a bug" in caplog.text
     message.refresh_from_db()
     assert message.status == MessageStatus.SENT  # rolled back as a whole, and logged
+
+
+def test_a_failing_host_receiver_does_not_undo_the_report(client, settings, esps, caplog):
+    t0 = timezone.now() - timedelta(hours=1)
+    message = send(settings, "postmark", at=t0)
+
+    def receiver(**kwargs: Any) -> None:
+        raise ValueError("a bug in a host's receiver")
+
+    message_status_changed.connect(receiver, dispatch_uid="test-failing-host-receiver")
+    try:
+        with caplog.at_level(logging.ERROR, logger="omnichannel.channels"):
+            response = post(client, POSTMARK_HOOK, postmark_event("delivery", at=t0))
+    finally:
+        message_status_changed.disconnect(dispatch_uid="test-failing-host-receiver")
+    assert response.status_code == 200
+    assert "a bug in a host's receiver" in caplog.text
+    message.refresh_from_db()
+    assert message.status == MessageStatus.DELIVERED

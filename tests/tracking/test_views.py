@@ -696,3 +696,12 @@ def test_basket_link_of_a_message_records_a_click(client, fridge, profile):
     message.refresh_from_db()
     assert message.clicked_at is not None
     assert message.history.get().source == "basket-link"
+
+
+def test_a_basket_link_from_a_message_records_the_click(client, fridge):
+    basket = anonymous_basket(fridge)
+    message = make_message(CustomerProfile.objects.create())
+    response = client.get(path(links.basket_restore_url(basket.pk, message=message)))
+    assert response.status_code == 302
+    message.refresh_from_db()
+    assert message.clicked_at is not None
