@@ -113,5 +113,7 @@ def sms_status(request: HttpRequest, channel: str) -> HttpResponse:
         return HttpResponseForbidden("bad signature")
     except ValueError as exc:
         return HttpResponseBadRequest(str(exc))
-    sms_channel.record_status_reports(reports, now=timezone.now())
+    sms_channel.record_status_reports(
+        reports, now=timezone.now(), reference=request.GET.get("m", "")[:64]
+    )
     return HttpResponse(status=200)

@@ -131,7 +131,7 @@ def test_twilio_happy_path_posts_the_form_and_stores_the_sid(twilio):
             "Omnichannel demo shop: this is a test text message for Ann. "
             "If you can read it, SMS works."
         ),
-        "StatusCallback": f"{SITE}/omnichannel/webhooks/sms/sms/",
+        "StatusCallback": f"{SITE}/omnichannel/webhooks/sms/sms/?m={message.uuid.hex}",
     }
     expected_auth = base64.b64encode(b"AC0123:twilio-auth-token").decode()
     assert call.request.headers["Authorization"] == f"Basic {expected_auth}"
@@ -405,7 +405,7 @@ def test_locmem_backend_keeps_texts_in_its_outbox(use_channels, outbox):
         to="+447700900123",
         body="Hello Ann",
         sender="MyShop",
-        status_callback=f"{SITE}/omnichannel/webhooks/sms/sms/",
+        status_callback=f"{SITE}/omnichannel/webhooks/sms/sms/?m={message.uuid.hex}",
         reference=message.uuid.hex,
     )
 

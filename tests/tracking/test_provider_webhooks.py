@@ -556,3 +556,19 @@ def test_expired_start_tokens_respect_the_setting(client, bot, settings):
     profile = CustomerProfile.objects.create()
     post_update(client, update(f"/start {start_token(profile, age=120)}"))
     assert not Identity.objects.exists()
+
+
+def test_a_report_that_beats_the_stored_sid_is_matched_by_the_callback_reference(client, bot):
+    message = sent_sms(bot)
+    Message.objects.filter(pk=message.pk).update(provider_message_id="")  # not stored yet
+    path = reverse("omnichannel:sms-status", args=["sms"]) + f"?m={message.uuid.hex}"
+    params = callback("delivered")
+    response = client.post(
+        path,
+        data=params,
+        headers={"X-Twilio-Signature": reference_signature(f"{SITE}{path}", params)},
+    )
+    assert response.status_code == 200
+    message.refresh_from_db()
+    assert message.status == MessageStatus.DELIVERED
+    assert message.provider_message_id == SID

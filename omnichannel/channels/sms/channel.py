@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -157,14 +158,19 @@ class SmsChannel(BaseChannel):
 
     # --- sending -----------------------------------------------------------------------------
 
-    def status_callback_url(self) -> str:
-        """Absolute URL of our delivery report webhook for this channel ('' when not routed)."""
+    def status_callback_url(self, message: Message | None = None) -> str:
+        """Absolute URL of our delivery report webhook for this channel ('' when not routed).
+
+        It names the message (``?m=<uuid>``): a report can arrive before the batch that sent
+        the text has stored the provider's id, and is then matched by this instead.
+        """
         if not self.status_callback:
             return ""
         from ...tracking.links import absolute
 
         try:
-            return absolute(reverse("omnichannel:sms-status", args=[self.name]))
+            url = absolute(reverse("omnichannel:sms-status", args=[self.name]))
+            return f"{url}?m={message.uuid.hex}" if message is not None else url
         except NoReverseMatch:
             logger.warning("omnichannel.urls not included: no delivery reports for %s", self.name)
             return ""
@@ -174,7 +180,7 @@ class SmsChannel(BaseChannel):
             to=message.address,
             body=message.body_text,
             sender=self.sender,
-            status_callback=self.status_callback_url(),
+            status_callback=self.status_callback_url(message),
             reference=message.uuid.hex,
         )
 
@@ -237,11 +243,15 @@ class SmsChannel(BaseChannel):
 
     # --- delivery reports --------------------------------------------------------------------
 
-    def record_status_reports(self, reports: Sequence[StatusReport], *, now: datetime) -> int:
+    def record_status_reports(
+        self, reports: Sequence[StatusReport], *, now: datetime, reference: str = ""
+    ) -> int:
         """Apply a provider's delivery reports to our messages; returns how many matched.
 
-        An unknown provider id (a text sent by something else on the same account, or a
-        message deleted since) is logged and ignored.
+        ``reference`` is the message uuid our callback URL carried: it matches a report that
+        beat the storing of the provider's id (which is then stored). An unknown provider id
+        (a text sent by something else on the same account, or a message deleted since) is
+        logged and ignored.
         """
         from ..models import Message
         from ..status import record_status
@@ -257,6 +267,8 @@ class SmsChannel(BaseChannel):
                 .only("pk")
                 .first()
             )
+            if message is None and reference:
+                message = self._match_reference(reference, report.provider_message_id)
             if message is None:
                 logger.info(
                     "%s: delivery report for unknown message %s ignored",
@@ -275,3 +287,17 @@ class SmsChannel(BaseChannel):
             )
             matched += 1
         return matched
+
+    def _match_reference(self, reference: str, provider_message_id: str) -> Message | None:
+        from ..models import Message
+
+        try:
+            public_id = uuid.UUID(reference)
+        except ValueError:
+            return None
+        message = Message.objects.filter(channel=self.name, uuid=public_id).only("pk").first()
+        if message is not None and provider_message_id:
+            Message.objects.filter(pk=message.pk, provider_message_id="").update(
+                provider_message_id=provider_message_id[:255]
+            )
+        return message
