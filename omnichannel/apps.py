@@ -11,4 +11,5 @@ class OmnichannelConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers system checks)
         from .profiles import receivers  # noqa: F401  (connects Oscar signal receivers)
+        from .segments import receivers as segment_receivers  # noqa: F401  (purchased products)
         from .tracking import receivers as tracking_receivers  # noqa: F401  (anymail tracking)

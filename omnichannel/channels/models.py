@@ -182,6 +182,17 @@ class Message(models.Model):
             ),
             models.Index(fields=["provider_message_id"], name="oc_message_provider_id"),
             models.Index(fields=["profile", "channel", "created_at"], name="oc_message_profile"),
+            # Engagement conditions of segments ("opened email within 90 days").
+            models.Index(
+                fields=["channel", "opened_at"],
+                name="oc_message_opened",
+                condition=Q(opened_at__isnull=False),
+            ),
+            models.Index(
+                fields=["channel", "clicked_at"],
+                name="oc_message_clicked",
+                condition=Q(clicked_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -274,6 +274,14 @@ class Event(models.Model):
                 fields=["id"], name="oc_event_pending", condition=Q(processed_at__isnull=True)
             ),
             models.Index(fields=["order"], name="oc_event_order"),
+            # "Viewed / added product X (or a category's products) N times in D days": the
+            # segment conditions go from the product to the people (PostgreSQL: covering).
+            models.Index(
+                fields=["product", "type", "occurred_at"],
+                name="oc_event_product_type",
+                include=["profile"],
+                condition=Q(product__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -312,8 +312,3 @@ class PurchasedProduct(models.Model):
 
     def __str__(self) -> str:
         return f"{self.profile_id} bought {self.product_id}"
-
-
-# Signal receivers of this package (purchased products after a fold, snapshot rows on merge).
-# Connected here because omnichannel/models.py imports this module when the app loads.
-from . import receivers  # noqa: E402, F401

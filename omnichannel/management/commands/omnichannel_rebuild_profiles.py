@@ -17,6 +17,7 @@ from ...profiles.aggregates import CHUNK_SIZE, chunked
 from ...profiles.backfill import backfill_orders, backfill_registrations
 from ...profiles.identity import fold_event_batch, refresh_aggregates_locked
 from ...profiles.models import CustomerProfile, Event, EventType
+from ...segments.purchases import refresh_purchased_products
 
 
 class Command(BaseCommand):
@@ -83,6 +84,8 @@ class Command(BaseCommand):
                 for chunk in chunked(ids.iterator(chunk_size=CHUNK_SIZE)):
                     refreshed += refresh_aggregates_locked(chunk, now=timezone.now())
                     bar.update(len(chunk))
+            # The products each person bought (segment conditions), in one set-based pass.
+            refresh_purchased_products()
 
         elapsed = time.monotonic() - started
         profiles = CustomerProfile.objects.count()
