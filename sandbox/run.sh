@@ -13,6 +13,8 @@ VENV="${VENV:-.venv}"
 PY="$VENV/bin/python"
 CELERY="$VENV/bin/celery"
 PORT="${PORT:-8000}"
+# Links in the demo's messages (unsubscribe, preferences, tracked clicks) point at this shop.
+export OMNICHANNEL_SITE_URL="${OMNICHANNEL_SITE_URL:-http://127.0.0.1:$PORT}"
 VAR_DIR="${OMNICHANNEL_VAR_DIR:-var}"
 LOG_DIR="$VAR_DIR/log"
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-sandbox.settings}"
