@@ -440,32 +440,6 @@ def segments(catalogue: dict[str, list[int]]) -> dict[str, dict]:
     }
 
 
-#: Indexes proposed for the core tables (not in the migrations yet): "opened or clicked on
-#: channel C since T" becomes two index range scans instead of a probe per profile, and
-#: "did event X about products P since T" a range scan per product instead of every event of
-#: each product.
-RECOMMENDED_INDEXES = [
-    "CREATE INDEX IF NOT EXISTS oc_message_opened ON omnichannel_message (channel, opened_at) "
-    "WHERE opened_at IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS oc_message_clicked ON omnichannel_message (channel, clicked_at) "
-    "WHERE clicked_at IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS oc_event_product_type ON omnichannel_event "
-    "(product_id, type, occurred_at) INCLUDE (profile_id) WHERE product_id IS NOT NULL",
-]
-
-
-def add_recommended_indexes() -> float:
-    from django.db import connection
-
-    start = time.perf_counter()
-    with connection.cursor() as cursor:
-        for sql in RECOMMENDED_INDEXES:
-            cursor.execute(sql)
-        cursor.execute("VACUUM ANALYZE omnichannel_message")
-        cursor.execute("VACUUM ANALYZE omnichannel_event")
-    return time.perf_counter() - start
-
-
 def measure_segments(catalogue: dict[str, list[int]]) -> tuple[list[dict], str, str]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -590,8 +564,6 @@ def main() -> None:
     result["scores"] = refresh_scores()
     result["segments"], result["plan"], result["main_sql"] = measure_segments(result["catalogue"])
     result["naive"] = naive_count(result["catalogue"], min(args.naive_subset, args.profiles))
-    result["recommended_indexes_s"] = add_recommended_indexes()
-    result["segments_indexed"], result["plan_indexed"], _sql = measure_segments(result["catalogue"])
     text = json.dumps(result, default=str)
     if args.json:
         Path(args.json).write_text(text)
