@@ -25,11 +25,11 @@ from django.contrib import admin, messages
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template import engines
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import path
 from django.utils import formats, timezone, translation
 from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -52,10 +52,13 @@ from ..conf import app_settings
 from ..exceptions import InvalidIdentity, NotReachable
 from ..profiles.models import Channel, CustomerProfile, Purpose
 from ..profiles.normalise import normalise_email, normalise_phone
+from .display import EMPTY
+from .display import admin_url as _admin_url
+from .display import link as _link
+from .display import when as _when
 
 logger = logging.getLogger("omnichannel.admin")
 
-EMPTY = "-"
 
 #: Badge colours by status: grey waiting, blue on its way, green engaged, red failed.
 STATUS_COLOURS = {
@@ -89,28 +92,6 @@ CSS = "omnichannel/admin/messages.css"
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _when(value: Any) -> str:
-    if value is None:
-        return EMPTY
-    return formats.localize(timezone.template_localtime(value))
-
-
-def _admin_url(model: type[Model] | Model, action: str, *args: Any, site_name: str = "admin"):
-    opts = model._meta
-    try:
-        return reverse(
-            f"admin:{opts.app_label}_{opts.model_name}_{action}", args=args, current_app=site_name
-        )
-    except NoReverseMatch:
-        return None
-
-
-def _link(url: str | None, text: Any) -> SafeString:
-    if url is None:
-        return format_html("{}", text)
-    return format_html('<a href="{}">{}</a>', url, text)
 
 
 def _parse_uuid(term: str) -> uuid.UUID | None:

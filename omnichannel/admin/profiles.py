@@ -13,9 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import F, Model, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest
-from django.urls import NoReverseMatch, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -37,6 +36,10 @@ from ..profiles.models import (
     Purpose,
 )
 from ..profiles.normalise import normalise_email, normalise_identity, normalise_phone
+from .display import EMPTY
+from .display import admin_url as _admin_url
+from .display import link as _link
+from .display import when as _when
 from .segments import profile_segments_html
 
 #: How many events the profile page shows; the rest are one click away in the event list.
@@ -46,7 +49,6 @@ _TYPE_LABELS = dict(EventType.choices)
 _SOURCE_LABELS = dict(EventSource.choices)
 _CHANNEL_ORDER = {value: rank for rank, value in enumerate(Channel.values)}
 _PURPOSE_ORDER = {value: rank for rank, value in enumerate(Purpose.values)}
-EMPTY = "-"
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -55,28 +57,6 @@ EMPTY = "-"
 def event_type_label(value: str) -> str:
     """The label of a built-in event type, or the custom type's slug itself."""
     return str(_TYPE_LABELS.get(value, value))
-
-
-def _when(value: Any) -> str:
-    if value is None:
-        return EMPTY
-    return formats.localize(timezone.template_localtime(value))
-
-
-def _admin_url(model: type[Model] | Model, action: str, *args: Any, site_name: str = "admin"):
-    opts = model._meta
-    try:
-        return reverse(
-            f"admin:{opts.app_label}_{opts.model_name}_{action}", args=args, current_app=site_name
-        )
-    except NoReverseMatch:
-        return None
-
-
-def _link(url: str | None, text: Any) -> SafeString:
-    if url is None:
-        return format_html("{}", text)
-    return format_html('<a href="{}">{}</a>', url, text)
 
 
 def _product_title(product: Any) -> str:

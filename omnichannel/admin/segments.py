@@ -28,8 +28,8 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
-from django.urls import NoReverseMatch, path, reverse
-from django.utils import formats, timezone
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.formats import number_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -46,6 +46,9 @@ from ..segments.models import Segment, SegmentSnapshot
 from ..segments.ready_made import ReadyMadeResult, create_ready_made_segments
 from ..segments.rules import describe_rules, validate_rules
 from ..segments.snapshots import snapshot_segment
+from .display import EMPTY
+from .display import admin_url as _admin_url
+from .display import when as _when
 
 Product = get_model("catalogue", "Product")
 Category = get_model("catalogue", "Category")
@@ -63,7 +66,6 @@ OBJECT_PARAM_TYPES = ("product", "category", "segment")
 #: Actions that work on the whole table, with or without a selection.
 ACTIONS_WITHOUT_SELECTION = ("create_ready_made_segments",)
 
-EMPTY = "-"
 _PATH_RE = re.compile(
     r"^(?P<path>[A-Za-z_][\w]*(?:\[\d+\])?(?:\.[A-Za-z_][\w]*(?:\[\d+\])?)*)\s*:\s*"
 )
@@ -397,16 +399,6 @@ class SegmentAdminForm(forms.ModelForm):
 # --- members and profiles -----------------------------------------------------------------------
 
 
-def _admin_url(obj: Any, action: str, *args: Any, site_name: str = "admin") -> str | None:
-    opts = obj._meta
-    try:
-        return reverse(
-            f"admin:{opts.app_label}_{opts.model_name}_{action}", args=args, current_app=site_name
-        )
-    except NoReverseMatch:
-        return None
-
-
 def _emails(profile_ids: list[int]) -> dict[int, str]:
     """The first email identity of each profile, in one query."""
     emails: dict[int, str] = {}
@@ -460,12 +452,6 @@ def profile_segments_html(
 
 
 # --- admin --------------------------------------------------------------------------------------
-
-
-def _when(value: Any) -> str:
-    if value is None:
-        return EMPTY
-    return formats.localize(timezone.template_localtime(value))
 
 
 @admin.register(Segment)

@@ -1,0 +1,41 @@
+"""Small display helpers shared by the app's admin modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Model
+from django.urls import NoReverseMatch, reverse
+from django.utils import formats, timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+#: What an empty value shows as.
+EMPTY = "-"
+
+
+def when(value: Any) -> str:
+    """A datetime in the current time zone and locale, or EMPTY."""
+    if value is None:
+        return EMPTY
+    return formats.localize(timezone.template_localtime(value))
+
+
+def admin_url(
+    model: type[Model] | Model, action: str, *args: Any, site_name: str = "admin"
+) -> str | None:
+    """The URL of an admin view of ``model`` (e.g. "change", pk), or None if not registered."""
+    opts = model._meta
+    try:
+        return reverse(
+            f"admin:{opts.app_label}_{opts.model_name}_{action}", args=args, current_app=site_name
+        )
+    except NoReverseMatch:
+        return None
+
+
+def link(url: str | None, text: Any) -> SafeString:
+    """``text`` as a link to ``url``, or as plain (escaped) text when there is no URL."""
+    if url is None:
+        return format_html("{}", text)
+    return format_html('<a href="{}">{}</a>', url, text)
