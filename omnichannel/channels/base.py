@@ -206,6 +206,14 @@ class BaseChannel:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement send")
 
+    def send_via_batch(self, message: Message) -> str:
+        """``send`` for channels whose provider path is ``send_batch`` (push, SMS): one
+        message through it, its error raised."""
+        result = self.send_batch([message])[0]
+        if isinstance(result, ChannelError):
+            raise result
+        return result
+
     def send_batch(self, messages: Sequence[Message]) -> list[SendResult]:
         """Send up to ``batch_size`` messages; one result per message, in order.
 

@@ -38,7 +38,6 @@ from django.dispatch import receiver
 from django.urls import reverse
 
 from ..exceptions import (
-    ChannelError,
     ConfigurationError,
     PermanentChannelError,
     RateLimited,
@@ -229,10 +228,7 @@ class BasePushChannel(BaseChannel):
         raise NotImplementedError(f"{type(self).__name__} must implement dispatch")
 
     def send(self, message: Message) -> str:
-        result = self.send_batch([message])[0]
-        if isinstance(result, ChannelError):
-            raise result
-        return result
+        return self.send_via_batch(message)
 
     def send_batch(self, messages: Sequence[Message]) -> list[SendResult]:
         """Send all devices of all ``messages`` in provider-sized calls; one verdict each."""

@@ -185,10 +185,7 @@ class SmsChannel(BaseChannel):
         )
 
     def send(self, message: Message) -> str:
-        result = self.send_batch([message])[0]
-        if isinstance(result, ChannelError):
-            raise result
-        return result
+        return self.send_via_batch(message)
 
     def send_batch(self, messages: Sequence[Message]) -> list[SendResult]:
         if self.outbox:
