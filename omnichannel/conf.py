@@ -84,6 +84,28 @@ DEFAULTS: dict[str, Any] = {
     # centre shows as always on: a shop owes an order confirmation on a durable medium. The
     # transactional toggles of other channels can be switched off there.
     "PREFERENCES_LOCKED_TRANSACTIONAL": ["email"],
+    # --- Campaigns (omnichannel/campaigns/) ---------------------------------------------------
+    # Most marketing contacts per person across all campaigns and channels, per rolling day and
+    # week. A contact is one enrollment's messages (a cascade's follow-ups are the same news) or
+    # one message outside campaigns. None (or a missing key) for no cap.
+    "FREQUENCY_CAPS": {"day": 2, "week": 5},
+    # No marketing message between these hours of the person's local time (start, end; 24 h
+    # clock, the end exclusive): it is deferred to the end, not dropped. None: no quiet hours.
+    "QUIET_HOURS": (21, 8),
+    # Hour (shop TIME_ZONE) of "best hour" sends for people whose habits are unknown.
+    "DEFAULT_SEND_HOUR": 10,
+    # How often beat runs the campaign tick (seconds); read by omnichannel_setup_schedules.
+    "CAMPAIGN_TICK_INTERVAL": 30,
+    # Enrollments claimed and advanced per batch, and batches per tick before it yields.
+    "CAMPAIGN_BATCH_SIZE": 500,
+    "CAMPAIGN_MAX_BATCHES_PER_TICK": 40,
+    # A tick's claim on enrollments expires after this many seconds (a killed worker's
+    # enrollments come back; their messages exist already and cannot be created twice).
+    "CAMPAIGN_CLAIM_LEASE": 300,
+    # Enrollments of a mass campaign inserted per statement when it fans out.
+    "MASS_FANOUT_CHUNK": 50_000,
+    # "Bought together" and fallback recommendations shown in a message.
+    "RECOMMENDATIONS_LIMIT": 4,
     # --- API (omnichannel/api/) -----------------------------------------------------------------
     # Most events in one POST to events/; a larger batch is refused whole (400).
     "API_MAX_BATCH": 500,

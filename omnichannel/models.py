@@ -1,6 +1,12 @@
 """One app label, one migration history: every sub-package's models are imported here."""
 
 from .api.models import ApiEventReceipt, ApiKey  # noqa: F401
+from .campaigns.models import (  # noqa: F401
+    Campaign,
+    Enrollment,
+    EnrollmentLog,
+    Step,
+)
 from .channels.models import (  # noqa: F401
     ChannelThrottle,
     Message,

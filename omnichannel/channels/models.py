@@ -121,6 +121,40 @@ class Message(models.Model):
         ),
     )
 
+    # Campaign messages: which enrollment and step sent it (one message per pair).
+    campaign = models.ForeignKey(
+        "omnichannel.Campaign",
+        verbose_name=_("campaign"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    enrollment = models.ForeignKey(
+        "omnichannel.Enrollment",
+        verbose_name=_("enrollment"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    step = models.ForeignKey(
+        "omnichannel.Step",
+        verbose_name=_("step"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    needs_render = models.BooleanField(
+        _("to be rendered"),
+        default=False,
+        help_text=_(
+            "Created by the campaign engine without content: rendered by the delivery task, "
+            "so the engine creates rows in bulk and rendering runs in the delivery workers."
+        ),
+    )
+
     status = models.CharField(
         _("status"), max_length=16, choices=MessageStatus.choices, default=MessageStatus.QUEUED
     )
@@ -167,6 +201,12 @@ class Message(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["dedupe_key"], name="oc_message_dedupe_key"),
+            # A second send of a step to an enrollment is impossible, whoever tries it.
+            models.UniqueConstraint(
+                fields=["enrollment", "step"],
+                condition=Q(enrollment__isnull=False, step__isnull=False),
+                name="oc_message_enrollment_step",
+            ),
         ]
         indexes = [
             # The delivery queue: only queued rows are indexed.
@@ -182,6 +222,8 @@ class Message(models.Model):
             ),
             models.Index(fields=["provider_message_id"], name="oc_message_provider_id"),
             models.Index(fields=["profile", "channel", "created_at"], name="oc_message_profile"),
+            # Frequency caps: a person's recent marketing messages.
+            models.Index(fields=["profile", "purpose", "created_at"], name="oc_message_caps"),
             # Engagement conditions of segments ("opened email within 90 days").
             models.Index(
                 fields=["channel", "opened_at"],

@@ -123,6 +123,15 @@ class CustomerProfile(models.Model):
             "empty: the shop's default."
         ),
     )
+    time_zone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        blank=True,
+        help_text=_(
+            "IANA name, e.g. Europe/Berlin: quiet hours are in the person's time; "
+            "empty: the shop's TIME_ZONE."
+        ),
+    )
     created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
 
     # Aggregates, recomputed from events (see profiles.aggregates).
