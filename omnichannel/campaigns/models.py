@@ -348,7 +348,9 @@ class Enrollment(models.Model):
         _("why it ended"), max_length=20, choices=ExitReason.choices, blank=True
     )
     step_position = models.PositiveSmallIntegerField(
-        _("next step"), default=0, help_text=_("Position of the step that runs next; 0: the first.")
+        _("last step done"),
+        default=0,
+        help_text=_("Position of the last step done (sent or skipped); 0: none yet."),
     )
     next_due_at = models.DateTimeField(_("next due"), null=True, blank=True)
     enrolled_at = models.DateTimeField(_("enrolled"), default=timezone.now)

@@ -130,9 +130,7 @@ class Trigger:
         """Enrollments found by looking at the database (for time- or segment-based triggers)."""
         return []
 
-    def current_items(
-        self, enrollments: Sequence[Enrollment]
-    ) -> dict[int, list[int] | ExitReason]:
+    def current_items(self, enrollments: Sequence[Enrollment]) -> dict[int, list[int] | ExitReason]:
         """Item reminders: enrollment pk -> product ids it reminds about, or why it is over."""
         return {}
 
