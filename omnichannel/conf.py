@@ -92,6 +92,10 @@ DEFAULTS: dict[str, Any] = {
     # No marketing message between these hours of the person's local time (start, end; 24 h
     # clock, the end exclusive): it is deferred to the end, not dropped. None: no quiet hours.
     "QUIET_HOURS": (21, 8),
+    # A "best channel" step picks the reachable channel with the most expected engagement per
+    # money: smoothed engagement rate / (cost per message + this floor), so free channels are
+    # not infinitely good and a person who ignores push still gets email (COST_CURRENCY).
+    "BEST_CHANNEL_COST_FLOOR": "0.001",
     # Hour (shop TIME_ZONE) of "best hour" sends for people whose habits are unknown.
     "DEFAULT_SEND_HOUR": 10,
     # How often beat runs the campaign tick (seconds); read by omnichannel_setup_schedules.

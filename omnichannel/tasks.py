@@ -40,3 +40,23 @@ def refresh_segment_scores_task() -> dict[str, int]:
     from .segments.scores import refresh_scores
 
     return refresh_scores(now=timezone.now())
+
+
+DELIVER_BATCH_TASK = "omnichannel.channels.deliver_batch"
+CAMPAIGN_TICK_TASK = "omnichannel.campaigns.tick"
+
+
+@shared_task(name=DELIVER_BATCH_TASK, ignore_result=True)
+def deliver_messages_task(message_ids: list[int]) -> int:
+    """Send one batch of messages the campaign engine just created (one task per batch)."""
+    from .channels.sending import deliver_messages
+
+    return deliver_messages(message_ids, now=timezone.now())
+
+
+@shared_task(name=CAMPAIGN_TICK_TASK, ignore_result=True)
+def campaign_tick_task() -> dict[str, int]:
+    """Advance due campaign enrollments (run by beat every CAMPAIGN_TICK_INTERVAL seconds)."""
+    from .campaigns.engine import tick
+
+    return tick(now=timezone.now()).as_dict()

@@ -211,6 +211,23 @@ def deliver_due_messages(*, now: datetime, limit: int | None = None) -> int:
     return len(claimed)
 
 
+def deliver_messages(ids: Iterable[int], *, now: datetime) -> int:
+    """Claim and send the given messages if they are queued and due (a campaign batch's task).
+
+    Returns how many were claimed; messages another worker took, or not yet due, are left.
+    """
+    ids = list(ids)
+    if not ids:
+        return 0
+    claimed = claim_due_messages(now=now, limit=len(ids), ids=ids)
+    by_channel: dict[str, list[Message]] = defaultdict(list)
+    for message in claimed:
+        by_channel[message.channel].append(message)
+    for name, messages in by_channel.items():
+        _deliver_claimed(name, messages, now=now)
+    return len(claimed)
+
+
 def deliver_message(message: Message, *, now: datetime) -> Message:
     """Send one queued message now (e.g. an admin's test send); returns it refreshed.
 

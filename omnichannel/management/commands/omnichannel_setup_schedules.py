@@ -8,7 +8,12 @@ from django.core.management.base import BaseCommand, CommandError
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from ...conf import app_settings
-from ...tasks import DELIVER_MESSAGES_TASK, FOLD_EVENTS_TASK, REFRESH_SEGMENT_SCORES_TASK
+from ...tasks import (
+    CAMPAIGN_TICK_TASK,
+    DELIVER_MESSAGES_TASK,
+    FOLD_EVENTS_TASK,
+    REFRESH_SEGMENT_SCORES_TASK,
+)
 
 #: name of the PeriodicTask row -> (task name, interval in seconds)
 PREFIX = "omnichannel: "
@@ -23,6 +28,10 @@ def schedules() -> dict[str, tuple[str, int]]:
         f"{PREFIX}deliver queued messages": (
             DELIVER_MESSAGES_TASK,
             int(app_settings.DELIVERY_INTERVAL),
+        ),
+        f"{PREFIX}advance campaigns": (
+            CAMPAIGN_TICK_TASK,
+            int(app_settings.CAMPAIGN_TICK_INTERVAL),
         ),
         f"{PREFIX}refresh RFM and engagement scores": (
             REFRESH_SEGMENT_SCORES_TASK,

@@ -1,0 +1,854 @@
+"""The campaign engine: ``tick(now)`` advances due enrollments in batches.
+
+Each tick claims due enrollments (one UPDATE tagged with a run token; on PostgreSQL the
+candidates are read with ``FOR UPDATE SKIP LOCKED`` so parallel ticks never wait on each other
+nor take the same rows), loads what the batch needs in a fixed number of queries, decides for
+each enrollment in memory (``Planner.decide``) and writes the outcome in one transaction:
+``Message`` rows in bulk (content is rendered later by the delivery workers), enrollment updates,
+history rows. Delivery tasks are then handed the new messages in batches.
+
+A decision, in order:
+
+1. exits: the campaign ended, the person converted, bought everything the reminder is about,
+   the subject is gone, unsubscribed, left the audience or joined the exclusion segment;
+2. the next step (none left: completed) and its stop condition against the enrollment's earlier
+   messages (opened or clicked: the cascade stops);
+3. the channel: the step's own, or for a "best" step the reachable channel with the most
+   engagement per money; a channel that cannot reach the person is skipped at once and the
+   next step takes its place;
+4. timing: the person's best hour (if the step asks), then quiet hours in their time zone
+   (deferred, never dropped);
+5. frequency caps for marketing: a new contact is held back when the person's contacts in the
+   last day or week reach the cap, counting the higher-priority enrollments about to need one;
+   the campaign delays or drops what is held back;
+6. the message row, and the next step's due time.
+
+Whatever is deferred comes back through the same checks when due, so a purchase made while a
+message waits for its hour still stops it. ``explain`` runs the same decision for one person
+without writing anything (the admin's preview).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+
+from ..channels.base import BaseChannel, Reach
+from ..channels.models import Message, MessageStatus, MessageStatusChange
+from ..channels.registry import get_channel, get_channels
+from ..conf import app_settings
+from ..exceptions import ConfigurationError
+from ..profiles.models import CustomerProfile, Purpose
+from ..segments.models import EngagementScore
+from . import goals
+from .models import (
+    BEST_CHANNEL,
+    Campaign,
+    CampaignStatus,
+    CappedAction,
+    Enrollment,
+    EnrollmentAction,
+    EnrollmentLog,
+    EnrollmentState,
+    ExitReason,
+    Step,
+    StopCondition,
+)
+
+logger = logging.getLogger("omnichannel.campaigns")
+
+#: Context key recording that a step already waited for the person's best hour.
+BEST_HOUR_DONE = "_best_hour_step"
+DAY = timedelta(days=1)
+WEEK = timedelta(days=7)
+#: Statuses of messages that reached nobody: they do not count against caps.
+NOT_A_CONTACT = (MessageStatus.FAILED, MessageStatus.SUPPRESSED)
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    """What the engine does with one enrollment now, and why (in words for the admin)."""
+
+    action: str  # "send", "defer", "exit", "complete"
+    reasons: list[str] = field(default_factory=list)
+    step: Step | None = None
+    channel: str = ""
+    address: str = ""
+    at: datetime | None = None  # defer: when it is due again
+    exit_reason: str = ""
+    #: History rows for steps skipped on the way (step, channel, why).
+    skipped: list[tuple[Step, str, str]] = field(default_factory=list)
+    best_hour_step: int | None = None
+    #: After a send: when the following step is due, or None when this was the last.
+    next_due_at: datetime | None = None
+
+    def say(self, text: str) -> None:
+        self.reasons.append(text)
+
+
+@dataclass
+class TickResult:
+    """Counts of one tick, for logs and the task's return value."""
+
+    claimed: int = 0
+    sent: int = 0
+    deferred: int = 0
+    exited: int = 0
+    completed: int = 0
+    enrolled: int = 0
+    batches: int = 0
+    message_ids: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "claimed": self.claimed,
+            "sent": self.sent,
+            "deferred": self.deferred,
+            "exited": self.exited,
+            "completed": self.completed,
+            "enrolled": self.enrolled,
+            "batches": self.batches,
+        }
+
+
+# --- time helpers ------------------------------------------------------------------------------
+
+
+def shop_zone() -> ZoneInfo:
+    return ZoneInfo(settings.TIME_ZONE or "UTC")
+
+
+def person_zone(profile: CustomerProfile) -> ZoneInfo:
+    """The person's time zone; the shop's when unset or unknown."""
+    if profile.time_zone:
+        try:
+            return ZoneInfo(profile.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            logger.info("profile %s: unknown time zone %r", profile.pk, profile.time_zone)
+    return shop_zone()
+
+
+def quiet_hours_end(at: datetime, zone: ZoneInfo) -> datetime | None:
+    """When the quiet hours around ``at`` end, or None if ``at`` is not in them."""
+    hours = app_settings.QUIET_HOURS
+    if not hours:
+        return None
+    start, end = int(hours[0]), int(hours[1])
+    if start == end:
+        return None
+    local = at.astimezone(zone)
+    hour = local.hour
+    quiet = (start <= hour < end) if start < end else (hour >= start or hour < end)
+    if not quiet:
+        return None
+    until = local.replace(hour=end, minute=0, second=0, microsecond=0)
+    if until <= local:
+        until += DAY
+    return until
+
+
+def next_hour(at: datetime, hour: int, zone: ZoneInfo) -> datetime:
+    """``at`` itself when it is in ``hour`` (local to ``zone``), else the next start of it."""
+    local = at.astimezone(zone)
+    if local.hour == hour:
+        return at
+    candidate = local.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if candidate <= local:
+        candidate += DAY
+    return candidate
+
+
+# --- the batch's facts -------------------------------------------------------------------------
+
+
+@dataclass
+class Contact:
+    """A marketing contact in the cap windows: one enrollment's messages, or one message."""
+
+    first_at: datetime
+    campaign_id: int | None
+
+
+class Planner:
+    """Loads what a batch of enrollments needs in a fixed number of queries, then decides."""
+
+    def __init__(self, enrollments: Sequence[Enrollment], *, now: datetime) -> None:
+        self.now = now
+        self.enrollments = list(enrollments)
+        self.campaigns = {e.campaign_id: e.campaign for e in self.enrollments}
+        self.steps = self._load_steps()
+        self.channels = self._load_channels()
+        self.messages = self._load_messages()
+        self.converted = goals.converted(self.enrollments)
+        self.items = goals.remaining_items(self.enrollments)
+        self.members, self.excluded = self._load_segments()
+        self._reach: dict[tuple[str, str], dict[int, Reach]] = {}
+        self._engagement: dict[tuple[int, str], tuple[int, int]] | None = None
+        self._best_hours: dict[int, int] | None = None
+        self._contacts: dict[int, dict[Any, Contact]] | None = None
+        self._reserved: dict[int, list[tuple[int, int]]] | None = None
+        #: Contacts granted earlier in this batch (profile -> keys), so caps hold in-batch too.
+        self._granted: dict[int, dict[Any, Contact]] = defaultdict(dict)
+
+    # loading ----------------------------------------------------------------------------------
+
+    def _load_steps(self) -> dict[int, list[Step]]:
+        steps: dict[int, list[Step]] = defaultdict(list)
+        for step in Step.objects.filter(campaign_id__in=self.campaigns).order_by(
+            "campaign_id", "position", "id"
+        ):
+            steps[step.campaign_id].append(step)
+        return steps
+
+    def _load_channels(self) -> dict[str, BaseChannel]:
+        try:
+            return get_channels()
+        except ConfigurationError:
+            logger.exception("OMNICHANNEL['CHANNELS'] is misconfigured: no channel is usable")
+            return {}
+
+    def _load_messages(self) -> dict[int, list[dict[str, Any]]]:
+        by_enrollment: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        ids = [e.pk for e in self.enrollments if e.pk]
+        if not ids:
+            return by_enrollment
+        rows = Message.objects.filter(enrollment_id__in=ids).values(
+            "enrollment_id",
+            "channel",
+            "opened_at",
+            "clicked_at",
+            "unsubscribed_at",
+            "complained_at",
+        )
+        for row in rows:
+            by_enrollment[row["enrollment_id"]].append(row)
+        return by_enrollment
+
+    def _load_segments(self) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+        members: dict[int, set[int]] = {}
+        excluded: dict[int, set[int]] = {}
+        profiles_by_campaign: dict[int, set[int]] = defaultdict(set)
+        for e in self.enrollments:
+            profiles_by_campaign[e.campaign_id].add(e.profile_id)
+        for campaign_id, profile_ids in profiles_by_campaign.items():
+            campaign = self.campaigns[campaign_id]
+            if campaign.audience_id:
+                members[campaign_id] = set(
+                    campaign.audience.queryset(now=self.now)
+                    .filter(pk__in=profile_ids)
+                    .values_list("pk", flat=True)
+                )
+            if campaign.exclusion_id:
+                excluded[campaign_id] = set(
+                    campaign.exclusion.queryset(now=self.now)
+                    .filter(pk__in=profile_ids)
+                    .values_list("pk", flat=True)
+                )
+        return members, excluded
+
+    def reach(self, channel: str, purpose: str, profile: CustomerProfile) -> Reach:
+        """Whether ``channel`` reaches the person; computed for the whole batch at first use."""
+        key = (channel, purpose)
+        if key not in self._reach:
+            backend = self.channels[channel]
+            profiles = list({e.profile_id: e.profile for e in self.enrollments}.values())
+            many = getattr(backend, "reachability_many", None)
+            if many is not None:
+                self._reach[key] = many(profiles, purpose)
+            else:  # a third-party channel without the bulk hook: one check per person
+                self._reach[key] = {p.pk: backend.reachability(p, purpose) for p in profiles}
+        found = self._reach[key].get(profile.pk)
+        if found is None:  # a profile outside the batch (explain)
+            found = self.channels[channel].reachability(profile, purpose)
+        return found
+
+    def engagement(self, profile_id: int, channel: str) -> tuple[int, int]:
+        """(messages sent, messages opened or clicked) of the person on a channel, recently."""
+        if self._engagement is None:
+            since = self.now - timedelta(days=int(app_settings.ENGAGEMENT_WINDOW_DAYS))
+            stats: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+            rows = Message.objects.filter(
+                profile_id__in={e.profile_id for e in self.enrollments},
+                created_at__gte=since,
+                sent_at__isnull=False,
+            ).values_list("profile_id", "channel", "opened_at", "clicked_at")
+            for pid, name, opened_at, clicked_at in rows:
+                counts = stats[(pid, name)]
+                counts[0] += 1
+                counts[1] += opened_at is not None or clicked_at is not None
+            self._engagement = {key: (sent, engaged) for key, (sent, engaged) in stats.items()}
+        return self._engagement.get((profile_id, channel), (0, 0))
+
+    def best_hour(self, profile_id: int) -> tuple[int, bool]:
+        """(hour in the shop's time zone, whether it is the person's own)."""
+        if self._best_hours is None:
+            self._best_hours = dict(
+                EngagementScore.objects.filter(
+                    profile_id__in={e.profile_id for e in self.enrollments},
+                    best_hour__isnull=False,
+                ).values_list("profile_id", "best_hour")
+            )
+        hour = self._best_hours.get(profile_id)
+        if hour is None:
+            return int(app_settings.DEFAULT_SEND_HOUR), False
+        return int(hour), True
+
+    def _load_caps(self) -> None:
+        since = self.now - WEEK
+        profile_ids = {e.profile_id for e in self.enrollments}
+        contacts: dict[int, dict[Any, Contact]] = defaultdict(dict)
+        rows = (
+            Message.objects.filter(
+                profile_id__in=profile_ids, purpose=Purpose.MARKETING, created_at__gte=since
+            )
+            .exclude(status__in=NOT_A_CONTACT)
+            .values_list("profile_id", "enrollment_id", "pk", "created_at", "campaign_id")
+        )
+        for pid, enrollment_id, pk, created_at, campaign_id in rows:
+            key = ("e", enrollment_id) if enrollment_id else ("m", pk)
+            seen = contacts[pid].get(key)
+            if seen is None or created_at < seen.first_at:
+                contacts[pid][key] = Contact(created_at, campaign_id)
+        self._contacts = contacts
+        # Higher-priority enrollments about to need a contact (due within a day, none yet).
+        reserved: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        pending = Enrollment.objects.filter(
+            profile_id__in=profile_ids,
+            state=EnrollmentState.ACTIVE,
+            next_due_at__lte=self.now + DAY,
+            campaign__status=CampaignStatus.ACTIVE,
+            campaign__purpose=Purpose.MARKETING,
+            last_message_at__isnull=True,
+        ).values_list("profile_id", "pk", "campaign__priority")
+        for pid, pk, priority in pending:
+            reserved[pid].append((pk, priority))
+        self._reserved = reserved
+
+    # deciding ---------------------------------------------------------------------------------
+
+    def decide(self, enrollment: Enrollment) -> Decision:
+        """What to do with ``enrollment`` now; writes nothing."""
+        campaign = enrollment.campaign
+        exit_reason = self._exit_reason(enrollment)
+        if exit_reason:
+            decision = Decision("exit", exit_reason=exit_reason[0])
+            decision.say(exit_reason[1])
+            return decision
+        steps = self.steps.get(campaign.pk, [])
+        position = enrollment.step_position
+        reached_by_skip = False
+        decision = Decision("complete")
+        used_channels = {m["channel"] for m in self.messages.get(enrollment.pk, [])}
+        for step in steps:
+            if step.position <= position:
+                continue
+            if reached_by_skip and enrollment.last_message_at is not None:
+                due = enrollment.last_message_at + step.wait
+                if due > self.now:
+                    decision.action, decision.at, decision.step = "defer", due, step
+                    decision.say(f"step {step.position} waits until {due:%Y-%m-%d %H:%M} UTC")
+                    return decision
+            stop = self._stopped(enrollment, step)
+            if stop:
+                decision.action, decision.exit_reason = "exit", ExitReason.ENGAGED
+                decision.say(stop)
+                return decision
+            channel, address, why = self._choose_channel(enrollment, step, used_channels)
+            if not channel:
+                decision.skipped.append((step, step.channel, why))
+                decision.say(f"step {step.position} ({step.channel}) skipped: {why}")
+                position = step.position
+                reached_by_skip = True
+                continue
+            decision.step, decision.channel, decision.address = step, channel, address
+            decision.say(f"step {step.position}: {channel} ({why})")
+            timed = self._timing(enrollment, step, decision)
+            if timed is not None:
+                decision.action, decision.at = "defer", timed
+                return decision
+            held = self._capped(enrollment, decision)
+            if held is not None:
+                return held
+            decision.action = "send"
+            later = [s for s in steps if s.position > step.position]
+            decision.next_due_at = self.now + later[0].wait if later else None
+            return decision
+        if decision.skipped and not any(
+            True for _ in self.messages.get(enrollment.pk, [])
+        ):  # nothing ever reached the person
+            decision.action, decision.exit_reason = "exit", ExitReason.UNREACHABLE
+            decision.say("no step's channel could reach the person")
+            return decision
+        decision.action = "complete"
+        decision.say("every step is done")
+        return decision
+
+    def _exit_reason(self, enrollment: Enrollment) -> tuple[str, str] | None:
+        campaign = enrollment.campaign
+        if campaign.status == CampaignStatus.FINISHED or (
+            campaign.ends_at is not None and campaign.ends_at <= self.now
+        ):
+            return ExitReason.CAMPAIGN_ENDED, "the campaign has ended"
+        if enrollment.pk in self.converted:
+            return ExitReason.CONVERTED, "the person ordered after enrolling"
+        items = self.items.get(enrollment.pk)
+        if isinstance(items, str):  # an ExitReason
+            return str(items), str(ExitReason(items).label)
+        for row in self.messages.get(enrollment.pk, []):
+            if row["unsubscribed_at"] or row["complained_at"]:
+                return ExitReason.UNSUBSCRIBED, f"unsubscribed or complained on {row['channel']}"
+        if campaign.audience_id and enrollment.profile_id not in self.members.get(campaign.pk, ()):
+            return ExitReason.LEFT_SEGMENT, f"not in the audience segment {campaign.audience}"
+        if campaign.exclusion_id and enrollment.profile_id in self.excluded.get(campaign.pk, ()):
+            return ExitReason.EXCLUDED, f"in the exclusion segment {campaign.exclusion}"
+        return None
+
+    def _stopped(self, enrollment: Enrollment, step: Step) -> str:
+        if step.stop_if == StopCondition.NEVER:
+            return ""
+        for row in self.messages.get(enrollment.pk, []):
+            if row["clicked_at"]:
+                return f"the {row['channel']} message was clicked: the cascade stops"
+            if step.stop_if == StopCondition.OPENED and row["opened_at"]:
+                return f"the {row['channel']} message was opened: the cascade stops"
+        return ""
+
+    def _choose_channel(
+        self, enrollment: Enrollment, step: Step, used: set[str]
+    ) -> tuple[str, str, str]:
+        """(channel, address, why) or ("", "", why not)."""
+        purpose = enrollment.campaign.purpose
+        profile = enrollment.profile
+        if step.channel != BEST_CHANNEL:
+            if step.channel not in self.channels:
+                return "", "", f"channel {step.channel!r} is not configured"
+            reach = self.reach(step.channel, purpose, profile)
+            if not reach.ok:
+                return "", "", reach.reason
+            return step.channel, reach.address or "", "the step's channel"
+        ranked = []
+        reasons = []
+        floor = Decimal(str(app_settings.BEST_CHANNEL_COST_FLOOR))
+        for name, backend in sorted(self.channels.items()):
+            if name in used:
+                reasons.append(f"{name}: already used by this enrollment")
+                continue
+            reach = self.reach(name, purpose, profile)
+            if not reach.ok:
+                reasons.append(f"{name}: {reach.reason}")
+                continue
+            sent, engaged = self.engagement(profile.pk, name)
+            rate = Decimal(engaged + 1) / Decimal(sent + 2)  # Laplace-smoothed
+            value = rate / (backend.cost + floor)
+            ranked.append((-value, backend.cost, name, reach.address or "", sent, engaged))
+        if not ranked:
+            return "", "", "; ".join(reasons) or "no channel is configured"
+        ranked.sort()
+        _, cost, name, address, sent, engaged = ranked[0]
+        others = ", ".join(r[2] for r in ranked[1:])
+        why = f"best channel: {engaged} of {sent} recent {name} messages engaged, cost {cost}" + (
+            f"; ahead of {others}" if others else ""
+        )
+        return name, address, why
+
+    def _timing(self, enrollment: Enrollment, step: Step, decision: Decision) -> datetime | None:
+        """When the message should go if not now (best hour, then quiet hours), else None."""
+        at = self.now
+        campaign = enrollment.campaign
+        if step.best_hour and (enrollment.context or {}).get(BEST_HOUR_DONE) != step.position:
+            hour, own = self.best_hour(enrollment.profile_id)
+            at = next_hour(self.now, hour, shop_zone())
+            if at > self.now:
+                decision.best_hour_step = step.position
+                whose = "the person's best hour" if own else "the shop's default send hour"
+                decision.say(f"held for {whose} ({hour}:00 shop time)")
+        if campaign.quiet_hours and campaign.purpose == Purpose.MARKETING:
+            zone = person_zone(enrollment.profile)
+            until = quiet_hours_end(at, zone)
+            if until is not None:
+                decision.say(f"quiet hours in {zone.key}: deferred to {until:%H:%M} local time")
+                at = until
+                decision.best_hour_step = step.position if step.best_hour else None
+        return at if at > self.now else None
+
+    def _capped(self, enrollment: Enrollment, decision: Decision) -> Decision | None:
+        """A Decision holding the message back, or None when caps allow it."""
+        campaign = enrollment.campaign
+        if campaign.purpose != Purpose.MARKETING:
+            return None
+        if self._contacts is None or self._reserved is None:
+            self._load_caps()
+        contacts_loaded: dict[int, dict[Any, Contact]] = self._contacts or {}
+        reserved_loaded: dict[int, list[tuple[int, int]]] = self._reserved or {}
+        pid = enrollment.profile_id
+        mine = ("e", enrollment.pk)
+        contacts = {**contacts_loaded.get(pid, {}), **self._granted.get(pid, {})}
+        if mine in contacts:  # a cascade's follow-up is the same news: no new contact
+            return None
+        caps = app_settings.FREQUENCY_CAPS or {}
+        limits = [
+            ("day", DAY, caps.get("day"), None),
+            ("week", WEEK, caps.get("week"), None),
+            ("day", DAY, campaign.cap_per_day, campaign.pk),
+            ("week", WEEK, campaign.cap_per_week, campaign.pk),
+        ]
+        # Higher-priority enrollments of this person due soon keep a slot for themselves.
+        reserved = sum(
+            1
+            for pk, priority in reserved_loaded.get(pid, [])
+            if priority > campaign.priority and ("e", pk) not in contacts
+        )
+        for label, window, cap, only_campaign in limits:
+            if cap is None:
+                continue
+            in_window = [
+                c
+                for c in contacts.values()
+                if c.first_at > self.now - window
+                and (only_campaign is None or c.campaign_id == only_campaign)
+            ]
+            held_for = reserved if only_campaign is None else 0
+            if len(in_window) + held_for + 1 <= int(cap):
+                continue
+            scope = "this campaign's" if only_campaign else "the shop's"
+            text = (
+                f"{scope} cap of {cap} per {label} reached ({len(in_window)} contacts"
+                + (f", {held_for} kept for higher-priority campaigns" if held_for else "")
+                + ")"
+            )
+            held = Decision(
+                "defer", reasons=[*decision.reasons, text], step=decision.step, channel=""
+            )
+            if campaign.when_capped == CappedAction.DROP:
+                held.action, held.exit_reason = "exit", ExitReason.CAPPED
+                held.say("the campaign drops what a cap holds back")
+                return held
+            oldest = min((c.first_at for c in in_window), default=self.now)
+            held.at = max(oldest + window, self.now + timedelta(hours=1))
+            held.say(f"delayed to {held.at:%Y-%m-%d %H:%M} UTC")
+            return held
+        self._granted[pid][mine] = Contact(self.now, campaign.pk)
+        return None
+
+
+# --- claiming and applying ---------------------------------------------------------------------
+
+
+def claim_due_enrollments(*, now: datetime, limit: int) -> list[Enrollment]:
+    """Claim up to ``limit`` due enrollments of active campaigns under one token; return them."""
+    token = uuid.uuid4().hex
+    lease = now + timedelta(seconds=int(app_settings.CAMPAIGN_CLAIM_LEASE))
+    due = Enrollment.objects.filter(
+        state=EnrollmentState.ACTIVE,
+        next_due_at__lte=now,
+        campaign__status__in=[CampaignStatus.ACTIVE, CampaignStatus.FINISHED],
+    ).filter(Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lt=now))
+    with transaction.atomic():
+        candidates = due.order_by("next_due_at", "id")
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+        chosen = list(candidates.values_list("id", flat=True)[:limit])
+        if not chosen:
+            return []
+        due.filter(pk__in=chosen).update(claimed_by=token, claim_expires_at=lease)
+    return list(
+        Enrollment.objects.filter(claimed_by=token, state=EnrollmentState.ACTIVE)
+        .select_related("campaign", "profile", "profile__user")
+        .order_by("-campaign__priority", "next_due_at", "id")
+    )
+
+
+def advance(enrollments: Sequence[Enrollment], *, now: datetime) -> TickResult:
+    """Decide for a claimed batch and write every outcome in one transaction."""
+    result = TickResult(claimed=len(enrollments))
+    if not enrollments:
+        return result
+    planner = Planner(enrollments, now=now)
+    decisions = [(e, planner.decide(e)) for e in enrollments]
+    with transaction.atomic():
+        mine = set(
+            Enrollment.objects.select_for_update()
+            .filter(pk__in=[e.pk for e in enrollments], claimed_by=enrollments[0].claimed_by)
+            .values_list("pk", flat=True)
+        )
+        decisions = [(e, d) for e, d in decisions if e.pk in mine]
+        messages = _create_messages(decisions, now=now)
+        logs: list[EnrollmentLog] = []
+        for enrollment, decision in decisions:
+            _apply(enrollment, decision, messages.get(enrollment.pk), logs, now=now)
+            counter = {
+                "send": "sent",
+                "defer": "deferred",
+                "exit": "exited",
+                "complete": "completed",
+            }[decision.action]
+            setattr(result, counter, getattr(result, counter) + 1)
+        Enrollment.objects.bulk_update(
+            [e for e, _ in decisions],
+            [
+                "state",
+                "exit_reason",
+                "step_position",
+                "next_due_at",
+                "last_message_at",
+                "ended_at",
+                "context",
+                "claimed_by",
+                "claim_expires_at",
+            ],
+        )
+        EnrollmentLog.objects.bulk_create(logs)
+    result.message_ids = sorted(m.pk for m in messages.values())
+    return result
+
+
+def _create_messages(
+    decisions: Iterable[tuple[Enrollment, Decision]], *, now: datetime
+) -> dict[int, Message]:
+    """Insert one queued, not yet rendered message per send decision; enrollment pk -> message."""
+    channels = get_channels()
+    rows = []
+    for enrollment, decision in decisions:
+        if decision.action != "send":
+            continue
+        backend = channels[decision.channel]
+        profile = enrollment.profile
+        rows.append(
+            Message(
+                profile=profile,
+                campaign_id=enrollment.campaign_id,
+                enrollment=enrollment,
+                step=decision.step,
+                channel=decision.channel,
+                purpose=enrollment.campaign.purpose,
+                address=decision.address[:255],
+                template=decision.step.template if decision.step else "",
+                language=profile.language or settings.LANGUAGE_CODE,
+                tags=[f"campaign:{enrollment.campaign_id}"],
+                currency=backend.currency,
+                cost=backend.cost,
+                needs_render=True,
+                status=MessageStatus.QUEUED,
+                status_changed_at=now,
+                created_at=now,
+                queued_at=now,
+                next_attempt_at=now,
+            )
+        )
+    if not rows:
+        return {}
+    # The unique (enrollment, step) constraint makes a second row impossible; a conflict means
+    # another run already created it, and that run's row is the one that counts.
+    Message.objects.bulk_create(rows, ignore_conflicts=True)
+    wanted = {(m.enrollment_id, m.step_id) for m in rows}
+    created = {
+        m.enrollment_id: m
+        for m in Message.objects.filter(enrollment_id__in=[pair[0] for pair in wanted]).only(
+            "pk", "enrollment_id", "step_id", "created_at"
+        )
+        if (m.enrollment_id, m.step_id) in wanted and m.created_at == now
+    }
+    MessageStatusChange.objects.bulk_create(
+        [
+            MessageStatusChange(
+                message_id=m.pk,
+                status=MessageStatus.QUEUED,
+                occurred_at=now,
+                recorded_at=now,
+                source="campaign",
+            )
+            for m in created.values()
+        ]
+    )
+    return created
+
+
+def _apply(
+    enrollment: Enrollment,
+    decision: Decision,
+    message: Message | None,
+    logs: list[EnrollmentLog],
+    *,
+    now: datetime,
+) -> None:
+    """Move the enrollment as decided and add its history rows (nothing is saved here)."""
+    enrollment.claimed_by = ""
+    enrollment.claim_expires_at = None
+    for step, channel, why in decision.skipped:
+        enrollment.step_position = max(enrollment.step_position, step.position)
+        logs.append(_log(enrollment, EnrollmentAction.SKIPPED, now, step, channel, why))
+    detail = "; ".join(decision.reasons)
+    if decision.action == "send" and message is None:
+        # The row already existed (another run sent this step): treat the step as done.
+        decision.action = "defer"
+        decision.at = now + timedelta(minutes=1)
+        detail = "this step's message already exists; not sent again"
+    if decision.action == "send" and decision.step is not None and message is not None:
+        enrollment.step_position = decision.step.position
+        enrollment.last_message_at = now
+        logs.append(
+            _log(enrollment, EnrollmentAction.SENT, now, decision.step, decision.channel, detail)
+        )
+        logs[-1].message = message
+        if decision.next_due_at is None:
+            _end(enrollment, EnrollmentState.COMPLETED, ExitReason.COMPLETED, now)
+            logs.append(_log(enrollment, EnrollmentAction.COMPLETED, now, None, "", ""))
+        else:
+            enrollment.next_due_at = decision.next_due_at
+    elif decision.action == "defer":
+        enrollment.next_due_at = decision.at
+        if decision.best_hour_step is not None:
+            enrollment.context = {
+                **(enrollment.context or {}),
+                BEST_HOUR_DONE: decision.best_hour_step,
+            }
+        logs.append(
+            _log(
+                enrollment, EnrollmentAction.DEFERRED, now, decision.step, decision.channel, detail
+            )
+        )
+    elif decision.action == "exit":
+        _end(enrollment, EnrollmentState.EXITED, decision.exit_reason, now)
+        logs.append(_log(enrollment, EnrollmentAction.EXITED, now, decision.step, "", detail))
+    else:
+        _end(enrollment, EnrollmentState.COMPLETED, ExitReason.COMPLETED, now)
+        logs.append(_log(enrollment, EnrollmentAction.COMPLETED, now, None, "", detail))
+
+
+def _end(enrollment: Enrollment, state: str, reason: str, now: datetime) -> None:
+    enrollment.state = state
+    enrollment.exit_reason = reason
+    enrollment.ended_at = now
+    enrollment.next_due_at = None
+
+
+def _log(
+    enrollment: Enrollment,
+    action: str,
+    now: datetime,
+    step: Step | None,
+    channel: str,
+    detail: str,
+) -> EnrollmentLog:
+    return EnrollmentLog(
+        enrollment=enrollment,
+        at=now,
+        action=action,
+        step=step,
+        channel=channel,
+        detail=detail[:500],
+    )
+
+
+# --- the tick ----------------------------------------------------------------------------------
+
+
+def tick(
+    *,
+    now: datetime,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    dispatch: bool = True,
+) -> TickResult:
+    """Enroll from scans, launch due mass campaigns, and advance due enrollments in batches.
+
+    With ``dispatch``, the new messages are handed to delivery tasks in batches after each
+    batch commits; when the broker is unreachable they wait for the periodic delivery task.
+    """
+    from .enrolling import scan_triggers
+    try:  # TODO(lead): remove once fanout.py lands
+        from .fanout import launch_due_mass_campaigns
+    except ImportError:
+        launch_due_mass_campaigns = None  # type: ignore[assignment]
+
+    size = int(batch_size or app_settings.CAMPAIGN_BATCH_SIZE)
+    batches = int(max_batches or app_settings.CAMPAIGN_MAX_BATCHES_PER_TICK)
+    total = TickResult()
+    total.enrolled = scan_triggers(now=now)
+    if launch_due_mass_campaigns is not None:
+        launch_due_mass_campaigns(now=now)
+    for _ in range(batches):
+        claimed = claim_due_enrollments(now=now, limit=size)
+        if not claimed:
+            break
+        result = advance(claimed, now=now)
+        total.batches += 1
+        for name in ("claimed", "sent", "deferred", "exited", "completed"):
+            setattr(total, name, getattr(total, name) + getattr(result, name))
+        total.message_ids.extend(result.message_ids)
+        if dispatch and result.message_ids:
+            dispatch_delivery(result.message_ids)
+        if len(claimed) < size:
+            break
+    if total.claimed:
+        logger.info("campaign tick: %s", total.as_dict())
+    return total
+
+
+def dispatch_delivery(message_ids: Sequence[int]) -> None:
+    """Hand new messages to delivery tasks, one task per DELIVERY_BATCH_SIZE messages.
+
+    The task only carries ids: the database holds each message's state, so a lost task
+    delays nothing for long (the periodic delivery task sends whatever is due).
+    """
+    from ..tasks import deliver_messages_task
+
+    size = max(int(app_settings.DELIVERY_BATCH_SIZE), 1)
+    for start in range(0, len(message_ids), size):
+        try:
+            deliver_messages_task.apply_async(
+                args=[list(message_ids[start : start + size])], retry=False
+            )
+        except Exception:  # noqa: BLE001  (broker down: beat's delivery task picks them up)
+            logger.warning("could not queue a delivery task; the periodic delivery will send")
+            return
+
+
+# --- the admin's question ----------------------------------------------------------------------
+
+
+def explain(campaign: Campaign, profile: CustomerProfile, *, now: datetime) -> Decision:
+    """What the engine would do for this person in this campaign now, and why. Writes nothing.
+
+    Uses the person's active enrollment in the campaign when there is one, else a fresh
+    enrollment at its first step (item checks need a real subject and are skipped then).
+    """
+    enrollment = (
+        Enrollment.objects.filter(campaign=campaign, profile=profile, state=EnrollmentState.ACTIVE)
+        .select_related("campaign", "profile", "profile__user")
+        .order_by("-enrolled_at")
+        .first()
+    )
+    fresh = enrollment is None
+    if enrollment is None:
+        enrollment = Enrollment(campaign=campaign, profile=profile, enrolled_at=now)
+    planner = Planner([enrollment], now=now)
+    if fresh:
+        planner.items.pop(None, None)  # type: ignore[call-overload]  (no subject to check)
+    decision = planner.decide(enrollment)
+    if fresh:
+        decision.reasons.insert(0, "not enrolled: as if enrolled now")
+    else:
+        decision.reasons.insert(0, f"enrollment {enrollment.pk} ({enrollment.subject_key or '-'})")
+    if not campaign.is_live(now):
+        decision.reasons.insert(1, f"the campaign is {campaign.get_status_display().lower()}")
+    return decision
+
+
+def channel_for(step: Step, channel: str | None = None) -> BaseChannel:
+    """The backend for a step's message (test sends in the admin pick one for "best")."""
+    return get_channel(channel or step.channel)

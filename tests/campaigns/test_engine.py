@@ -1,0 +1,297 @@
+"""The engine's decisions on hand-built enrollments: cascade, stops, skips, timing and caps.
+
+The campaigns here have no trigger (like a mass campaign), so each test controls exactly which
+enrollment exists; the triggers' own tests and the checkout-flow tests cover enrolling.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext, override_settings
+
+from omnichannel.campaigns.engine import claim_due_enrollments, explain, tick
+from omnichannel.campaigns.models import (
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    CappedAction,
+    Enrollment,
+    EnrollmentState,
+    ExitReason,
+    Step,
+    StopCondition,
+)
+from omnichannel.channels.models import Message, MessageStatus
+from omnichannel.channels.status import record_status
+from omnichannel.conf import DEFAULTS
+from omnichannel.profiles.consents import record_consent
+from omnichannel.profiles.models import CustomerProfile, Event, EventType, Identity, IdentityKind
+from omnichannel.segments.models import EngagementScore
+
+pytestmark = pytest.mark.django_db
+
+NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def settings_with(**overrides):
+    from django.conf import settings
+
+    return override_settings(OMNICHANNEL={**settings.OMNICHANNEL, **overrides})
+
+
+def person(*, email: bool = True, sms: bool = True, telegram: bool = False, **fields):
+    profile = CustomerProfile.objects.create(first_name="Ada", **fields)
+    n = profile.pk
+    if email:
+        Identity.objects.create(
+            profile=profile, kind=IdentityKind.EMAIL, value=f"ada{n}@example.com"
+        )
+        record_consent(profile, channel="email", purpose="marketing", granted=True, now=NOON)
+    if sms:
+        Identity.objects.create(profile=profile, kind=IdentityKind.PHONE, value=f"+4477009{n:05d}")
+        record_consent(profile, channel="sms", purpose="marketing", granted=True, now=NOON)
+    if telegram:
+        Identity.objects.create(profile=profile, kind=IdentityKind.TELEGRAM, value=f"{n}00")
+        record_consent(profile, channel="messenger", purpose="marketing", granted=True, now=NOON)
+    return profile
+
+
+def campaign(*steps: tuple[str, timedelta], name: str = "Cascade", **fields) -> Campaign:
+    fields.setdefault("quiet_hours", False)
+    made = Campaign.objects.create(
+        name=name, kind=CampaignKind.MASS, status=CampaignStatus.ACTIVE, **fields
+    )
+    for position, (channel, wait) in enumerate(steps, start=1):
+        Step.objects.create(
+            campaign=made,
+            position=position,
+            channel=channel,
+            wait=wait,
+            template="engine_test",
+            stop_if=StopCondition.OPENED,
+            content={channel: {"subject.txt": "Hi", "body.txt": "Hello {{ first_name }}"}},
+        )
+    return made
+
+
+def enroll(made: Campaign, profile: CustomerProfile, *, due: datetime = NOON) -> Enrollment:
+    return Enrollment.objects.create(
+        campaign=made, profile=profile, enrolled_at=due - timedelta(hours=1), next_due_at=due
+    )
+
+
+def messages(enrollment: Enrollment) -> list[str]:
+    return list(enrollment.messages.order_by("id").values_list("channel", flat=True))
+
+
+CASCADE = (("email", timedelta(0)), ("sms", timedelta(hours=4)))
+
+
+def test_cascade_sends_the_next_step_after_its_wait_when_the_first_was_ignored():
+    enrollment = enroll(campaign(*CASCADE), person())
+
+    first = tick(now=NOON, dispatch=False)
+    assert (first.claimed, first.sent) == (1, 1)
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == ["email"]
+    assert enrollment.step_position == 1
+    assert enrollment.next_due_at == NOON + timedelta(hours=4)
+    message = enrollment.messages.get()
+    assert message.needs_render and message.status == MessageStatus.QUEUED
+    assert message.address.startswith("ada")
+
+    assert tick(now=NOON + timedelta(hours=3), dispatch=False).claimed == 0
+    tick(now=NOON + timedelta(hours=4), dispatch=False)
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == ["email", "sms"]
+    assert enrollment.state == EnrollmentState.COMPLETED
+    assert enrollment.exit_reason == ExitReason.COMPLETED
+    actions = list(enrollment.log.values_list("action", flat=True))
+    assert actions == ["sent", "sent", "completed"]
+
+
+def test_an_opened_message_stops_the_cascade():
+    enrollment = enroll(campaign(*CASCADE), person())
+    tick(now=NOON, dispatch=False)
+    record_status(
+        enrollment.messages.get(), MessageStatus.OPENED, at=NOON + timedelta(hours=1), source="t"
+    )
+
+    tick(now=NOON + timedelta(hours=4), dispatch=False)
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == ["email"]
+    assert (enrollment.state, enrollment.exit_reason) == ("exited", ExitReason.ENGAGED)
+
+
+def test_an_unreachable_channel_is_skipped_at_once():
+    enrollment = enroll(campaign(*CASCADE), person(email=False))
+    tick(now=NOON, dispatch=False)
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == ["sms"]
+    skipped = enrollment.log.get(action="skipped")
+    assert "no email address" in skipped.detail
+
+
+def test_nobody_reachable_ends_the_enrollment_as_unreachable():
+    enrollment = enroll(campaign(*CASCADE), person(email=False, sms=False))
+    tick(now=NOON, dispatch=False)
+    enrollment.refresh_from_db()
+    assert (enrollment.state, enrollment.exit_reason) == ("exited", ExitReason.UNREACHABLE)
+    assert messages(enrollment) == []
+
+
+def test_an_order_after_enrolling_ends_it_as_converted():
+    profile = person()
+    enrollment = enroll(campaign(*CASCADE), profile)
+    Event.objects.create(
+        type=EventType.ORDER_PLACED, profile=profile, occurred_at=NOON - timedelta(minutes=5)
+    )
+    tick(now=NOON, dispatch=False)
+    enrollment.refresh_from_db()
+    assert (enrollment.state, enrollment.exit_reason) == ("exited", ExitReason.CONVERTED)
+
+
+def test_quiet_hours_defer_to_the_morning_in_the_persons_time_zone():
+    late = datetime(2026, 11, 23, 20, 30, tzinfo=UTC)  # 21:30 in Berlin
+    made = campaign(*CASCADE, quiet_hours=True)
+    enrollment = enroll(made, person(time_zone="Europe/Berlin"), due=late)
+    with settings_with(QUIET_HOURS=(21, 8)):
+        tick(now=late, dispatch=False)
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == []
+    assert enrollment.next_due_at == datetime(2026, 11, 24, 7, 0, tzinfo=UTC)  # 08:00 Berlin
+    assert "quiet hours" in enrollment.log.get(action="deferred").detail
+
+
+def test_best_hour_holds_the_message_once_then_sends():
+    made = campaign(("email", timedelta(0)))
+    Step.objects.filter(campaign=made).update(best_hour=True)
+    profile = person()
+    EngagementScore.objects.create(
+        profile=profile, preferred_channel="email", best_hour=19, computed_at=NOON
+    )
+    enrollment = enroll(made, profile)
+    tick(now=NOON, dispatch=False)
+    enrollment.refresh_from_db()
+    assert enrollment.next_due_at == NOON.replace(hour=19)
+    # Late ticks (19:40) still send: the best hour is waited for once per step.
+    tick(now=NOON.replace(hour=19, minute=40), dispatch=False)
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == ["email"]
+
+
+def test_a_cap_lets_the_higher_priority_campaign_win_and_delays_the_other():
+    profile = person()
+    basket = enroll(campaign(*CASCADE, name="Basket", priority=100), profile)
+    promo = enroll(campaign(("email", timedelta(0)), name="Promo", priority=0), profile)
+    with settings_with(FREQUENCY_CAPS={"day": 1, "week": 3}):
+        tick(now=NOON, dispatch=False)
+        basket.refresh_from_db()
+        promo.refresh_from_db()
+        assert messages(basket) == ["email"]
+        assert messages(promo) == []
+        assert promo.next_due_at == NOON + timedelta(days=1)
+        assert "cap of 1 per day" in promo.log.get(action="deferred").detail
+        # The cascade's follow-up is the same news: the cap does not hold it back.
+        tick(now=NOON + timedelta(hours=4), dispatch=False)
+        assert messages(basket) == ["email", "sms"]
+
+
+def test_a_cap_keeps_a_slot_for_a_higher_priority_enrollment_due_soon():
+    profile = person()
+    enroll(campaign(*CASCADE, name="Basket", priority=100), profile, due=NOON + timedelta(hours=2))
+    promo_campaign = campaign(("email", timedelta(0)), name="Promo", when_capped=CappedAction.DROP)
+    promo = enroll(promo_campaign, profile)
+    with settings_with(FREQUENCY_CAPS={"day": 1}):
+        tick(now=NOON, dispatch=False)
+    promo.refresh_from_db()
+    assert (promo.state, promo.exit_reason) == ("exited", ExitReason.CAPPED)
+    assert "kept for higher-priority" in promo.log.get(action="exited").detail
+
+
+def test_best_channel_prefers_where_the_person_engages():
+    profile = person(telegram=True)
+    for i in range(6):  # six emails ignored, two telegram messages read
+        Message.objects.create(
+            profile=profile,
+            channel="email",
+            purpose="marketing",
+            sent_at=NOON - timedelta(days=i + 1),
+        )
+    for i in range(2):
+        Message.objects.create(
+            profile=profile,
+            channel="telegram",
+            purpose="marketing",
+            sent_at=NOON - timedelta(days=i + 1),
+            opened_at=NOON - timedelta(days=i + 1),
+        )
+    enrollment = enroll(campaign(("best", timedelta(0))), profile)
+    with settings_with(FREQUENCY_CAPS=None):
+        tick(now=NOON, dispatch=False)
+    assert messages(enrollment) == ["telegram"]
+
+    newcomer = enroll(campaign(("best", timedelta(0)), name="Other"), person(telegram=True))
+    with settings_with(FREQUENCY_CAPS=None):
+        tick(now=NOON, dispatch=False)
+    # Without history the cheapest reachable channel wins (email 0.0008 < telegram 0.002).
+    assert messages(newcomer) == ["email"]
+
+
+def test_a_claimed_enrollment_is_not_claimed_again():
+    enroll(campaign(*CASCADE), person())
+    assert len(claim_due_enrollments(now=NOON, limit=10)) == 1
+    assert claim_due_enrollments(now=NOON, limit=10) == []
+    # ... until its claim expires (the worker died).
+    lease = timedelta(seconds=DEFAULTS["CAMPAIGN_CLAIM_LEASE"] + 1)
+    assert len(claim_due_enrollments(now=NOON + lease, limit=10)) == 1
+
+
+def test_a_paused_campaign_keeps_its_enrollments_waiting():
+    made = campaign(*CASCADE)
+    enrollment = enroll(made, person())
+    Campaign.objects.filter(pk=made.pk).update(status=CampaignStatus.PAUSED)
+    assert tick(now=NOON, dispatch=False).claimed == 0
+    Campaign.objects.filter(pk=made.pk).update(status=CampaignStatus.ACTIVE)
+    tick(now=NOON + timedelta(minutes=1), dispatch=False)
+    assert messages(enrollment) == ["email"]
+
+
+def test_a_tick_with_nothing_due_costs_at_most_five_queries():
+    enroll(campaign(*CASCADE), person(), due=NOON + timedelta(days=1))
+    with CaptureQueriesContext(connection) as queries:
+        result = tick(now=NOON, dispatch=False)
+    assert result.claimed == 0
+    assert len(queries) <= 5, [q["sql"] for q in queries]
+
+
+def test_queries_per_batch_do_not_grow_with_the_batch():
+    made = campaign(*CASCADE)
+
+    def queries_for(count: int, offset: int) -> int:
+        for i in range(count):
+            profile = person(email=False, sms=False)
+            Identity.objects.create(
+                profile=profile, kind=IdentityKind.EMAIL, value=f"p{offset + i}@example.com"
+            )
+            record_consent(profile, channel="email", purpose="marketing", granted=True, now=NOON)
+            enroll(made, profile, due=NOON + timedelta(minutes=offset))
+        with CaptureQueriesContext(connection) as queries:
+            result = tick(now=NOON + timedelta(minutes=offset), dispatch=False)
+        assert result.sent == count
+        return len(queries)
+
+    assert queries_for(3, 0) == queries_for(30, 100)
+
+
+def test_explain_says_which_channel_and_why():
+    made = campaign(*CASCADE)
+    decision = explain(made, person(email=False), now=NOON)
+    assert decision.action == "send"
+    assert decision.channel == "sms"
+    text = " ".join(decision.reasons)
+    assert "not enrolled" in text and "email" in text and "skipped" in text
+    assert not Enrollment.objects.exists()
