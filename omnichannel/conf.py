@@ -100,6 +100,8 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_SEND_HOUR": 10,
     # How often beat runs the campaign tick (seconds); read by omnichannel_setup_schedules.
     "CAMPAIGN_TICK_INTERVAL": 30,
+    # Create or update the app's django-celery-beat periodic tasks after every migrate.
+    "SETUP_SCHEDULES_ON_MIGRATE": True,
     # Enrollments claimed and advanced per batch, and batches per tick before it yields.
     "CAMPAIGN_BATCH_SIZE": 500,
     "CAMPAIGN_MAX_BATCHES_PER_TICK": 40,

@@ -55,6 +55,7 @@ def test_setup_schedules_creates_and_updates_only_its_own_rows(settings):
         "other.task",
         FOLD_EVENTS_TASK,
         "omnichannel.channels.deliver_due",
+        "omnichannel.campaigns.tick",
         "omnichannel.segments.refresh_rfm",
     }
     settings.OMNICHANNEL = {"EVENT_FOLD_INTERVAL": 30}
@@ -62,6 +63,18 @@ def test_setup_schedules_creates_and_updates_only_its_own_rows(settings):
     assert PeriodicTask.objects.get(task=FOLD_EVENTS_TASK).interval.every == 30
     assert PeriodicTask.objects.filter(name="someone else's").exists()
     assert "updated" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_migrate_creates_the_schedules_and_running_it_again_changes_nothing():
+    from omnichannel.schedules import ensure_schedules_after_migrate
+
+    # The test database was migrated: the rows are there already.
+    tasks = set(PeriodicTask.objects.values_list("task", flat=True))
+    assert {FOLD_EVENTS_TASK, "omnichannel.campaigns.tick"} <= tasks
+    before = PeriodicTask.objects.count(), IntervalSchedule.objects.count()
+    ensure_schedules_after_migrate(using="default")
+    assert (PeriodicTask.objects.count(), IntervalSchedule.objects.count()) == before
 
 
 @pytest.mark.django_db
