@@ -70,6 +70,8 @@ logger = logging.getLogger("omnichannel.campaigns")
 
 #: Context key recording that a step already waited for the person's best hour.
 BEST_HOUR_DONE = "_best_hour_step"
+#: Context key recording that the first step's own wait (after the trigger's) has passed.
+FIRST_WAIT_DONE = "_first_wait_done"
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
 #: Statuses of messages that reached nobody: they do not count against caps.
@@ -93,6 +95,8 @@ class Decision:
     #: History rows for steps skipped on the way (step, channel, why).
     skipped: list[tuple[Step, str, str]] = field(default_factory=list)
     best_hour_step: int | None = None
+    #: Keys to merge into the enrollment's context (markers of waits already waited).
+    context_updates: dict[str, Any] = field(default_factory=dict)
     #: After a send: when the following step is due, or None when this was the last.
     next_due_at: datetime | None = None
 
@@ -362,6 +366,12 @@ class Planner:
                     decision.action, decision.at, decision.step = "defer", due, step
                     decision.say(f"step {step.position} waits until {due:%Y-%m-%d %H:%M} UTC")
                     return decision
+            first_wait = self._first_wait(enrollment, step, reached_by_skip)
+            if first_wait is not None:
+                decision.action, decision.at, decision.step = "defer", first_wait, step
+                decision.context_updates[FIRST_WAIT_DONE] = True
+                decision.say(f"step {step.position} waits {step.wait} after the trigger")
+                return decision
             stop = self._stopped(enrollment, step)
             if stop:
                 decision.action, decision.exit_reason = "exit", ExitReason.ENGAGED
@@ -416,6 +426,20 @@ class Planner:
         if campaign.exclusion_id and enrollment.profile_id in self.excluded.get(campaign.pk, ()):
             return ExitReason.EXCLUDED, f"in the exclusion segment {campaign.exclusion}"
         return None
+
+    def _first_wait(
+        self, enrollment: Enrollment, step: Step, reached_by_skip: bool
+    ) -> datetime | None:
+        """The first step's own wait counts from the trigger's due time, once."""
+        if (
+            reached_by_skip
+            or enrollment.step_position
+            or not step.wait
+            or (enrollment.context or {}).get(FIRST_WAIT_DONE)
+        ):
+            return None
+        due = (enrollment.next_due_at or self.now) + step.wait
+        return due if due > self.now else None
 
     def _stopped(self, enrollment: Enrollment, step: Step) -> str:
         if step.stop_if == StopCondition.NEVER:
@@ -711,16 +735,13 @@ def _apply(
             enrollment.next_due_at = decision.next_due_at
     elif decision.action == "defer":
         enrollment.next_due_at = decision.at
+        done = dict(decision.context_updates)
         if decision.best_hour_step is not None:
-            enrollment.context = {
-                **(enrollment.context or {}),
-                BEST_HOUR_DONE: decision.best_hour_step,
-            }
-        logs.append(
-            _log(
-                enrollment, EnrollmentAction.DEFERRED, now, decision.step, decision.channel, detail
-            )
-        )
+            done[BEST_HOUR_DONE] = decision.best_hour_step
+        if done:
+            enrollment.context = {**(enrollment.context or {}), **done}
+        step, channel = decision.step, decision.channel
+        logs.append(_log(enrollment, EnrollmentAction.DEFERRED, now, step, channel, detail))
     elif decision.action == "exit":
         _end(enrollment, EnrollmentState.EXITED, decision.exit_reason, now)
         logs.append(_log(enrollment, EnrollmentAction.EXITED, now, decision.step, "", detail))
@@ -770,6 +791,7 @@ def tick(
     batch commits; when the broker is unreachable they wait for the periodic delivery task.
     """
     from .enrolling import scan_triggers
+
     try:  # TODO(lead): remove once fanout.py lands
         from .fanout import launch_due_mass_campaigns
     except ImportError:

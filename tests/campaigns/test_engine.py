@@ -295,3 +295,16 @@ def test_explain_says_which_channel_and_why():
     text = " ".join(decision.reasons)
     assert "not enrolled" in text and "email" in text and "skipped" in text
     assert not Enrollment.objects.exists()
+
+
+def test_the_first_steps_wait_counts_from_the_triggers_due_time_once():
+    made = campaign(("email", timedelta(minutes=30)), ("sms", timedelta(hours=4)))
+    enrollment = enroll(made, person())
+    tick(now=NOON, dispatch=False)
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == []
+    assert enrollment.next_due_at == NOON + timedelta(minutes=30)
+    tick(now=NOON + timedelta(minutes=30), dispatch=False)
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == ["email"]
+    assert enrollment.next_due_at == NOON + timedelta(minutes=30, hours=4)
