@@ -90,3 +90,12 @@ def test_setup_schedules_repairs_a_task_someone_moved_to_a_crontab():
     call_command("omnichannel_setup_schedules", stdout=StringIO())
     task.refresh_from_db()
     assert task.interval is not None and task.crontab is None
+
+
+def test_every_setting_is_documented():
+    from pathlib import Path
+
+    from omnichannel.conf import DEFAULTS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "settings.md").read_text()
+    assert [key for key in DEFAULTS if f"`{key}`" not in text] == []
