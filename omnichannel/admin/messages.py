@@ -520,6 +520,7 @@ class MessageAdmin(admin.ModelAdmin):
         ConfiguredChannelFilter,
         "status",
         "purpose",
+        "campaign",
         ("created_at", admin.DateFieldListFilter),
         MessageProfileFilter,
     )
@@ -536,6 +537,9 @@ class MessageAdmin(admin.ModelAdmin):
     readonly_fields = (
         "uuid",
         "profile",
+        "campaign",
+        "enrollment",
+        "step",
         "channel",
         "purpose",
         "address",
@@ -565,6 +569,8 @@ class MessageAdmin(admin.ModelAdmin):
                 "fields": (
                     "uuid",
                     "profile",
+                    ("campaign", "step"),
+                    "enrollment",
                     ("channel", "purpose"),
                     "address",
                     ("template", "language"),
