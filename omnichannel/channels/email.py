@@ -39,6 +39,8 @@ import css_inline
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
+from django.db.models import Case, CharField, OuterRef, Q, Subquery, When
+from django.db.models.functions import Lower, Trim
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -53,9 +55,11 @@ from ..exceptions import (
 )
 from ..profiles.models import Channel, Identity, IdentityKind, Purpose
 from ..profiles.normalise import normalise_email
-from .base import BaseChannel, SendResult
+from .base import BaseChannel, SendResult, latest_identity_values
 
 if TYPE_CHECKING:
+    from django.db.models import Expression
+
     from ..profiles.models import CustomerProfile
     from .models import Message
 
@@ -135,6 +139,94 @@ class EmailChannel(BaseChannel):
             return normalise_email(value)
         except InvalidIdentity:
             return None
+
+    def get_addresses(self, profiles: Sequence[CustomerProfile]) -> dict[int, str | None]:
+        """``get_address`` for many profiles: the account emails in one query, the latest email
+        identities of those without a good one in another."""
+        if type(self).get_address is not EmailChannel.get_address:
+            return super().get_addresses(profiles)
+        from django.contrib.auth import get_user_model
+
+        from ..profiles.models import CustomerProfile as Profile
+
+        profiles = list(profiles)
+        account_emails: dict[int, str] = {}
+        to_fetch: set[int] = set()
+        for profile in profiles:
+            if not profile.user_id:
+                continue
+            if Profile.user.is_cached(profile):  # type: ignore[attr-defined]
+                user = profile.user
+                account_emails[profile.pk] = getattr(user, "email", "") if user else ""
+            else:
+                to_fetch.add(profile.user_id)
+        if to_fetch:
+            user_model = get_user_model()
+            if any(f.name == "email" for f in user_model._meta.concrete_fields):
+                emails = dict(
+                    user_model._default_manager.filter(pk__in=to_fetch).values_list("pk", "email")
+                )
+            else:
+                emails = {}
+            for profile in profiles:
+                if profile.user_id in to_fetch:
+                    account_emails[profile.pk] = emails.get(profile.user_id) or ""
+        addresses: dict[int, str | None] = {}
+        for profile in profiles:
+            account_email = account_emails.get(profile.pk, "")
+            if account_email:
+                try:
+                    addresses[profile.pk] = normalise_email(account_email)
+                    continue
+                except InvalidIdentity:
+                    logger.info(
+                        "profile %s: account email %r is not valid", profile.pk, account_email
+                    )
+            addresses[profile.pk] = None
+        without = [pk for pk, address in addresses.items() if address is None]
+        for pk, value in latest_identity_values(without, IdentityKind.EMAIL).items():
+            try:
+                addresses[pk] = normalise_email(value)
+            except InvalidIdentity:
+                addresses[pk] = None
+        return addresses
+
+    def address_expression(self) -> Expression | None:
+        """The address in SQL where it is certain to be what ``get_address`` gives: the account
+        email when an email identity holds it lower-cased and trimmed (identities are stored
+        normalised, so it is a valid address), else the latest email identity when it is stored
+        normalised; NULL otherwise (a legacy account email with no identity, an odd value),
+        which leaves those people to ``reachability``."""
+        if type(self).get_address is not EmailChannel.get_address:
+            return None
+        from django.contrib.auth import get_user_model
+
+        latest_pk = Subquery(
+            Identity.objects.filter(profile=OuterRef(OuterRef("pk")), kind=IdentityKind.EMAIL)
+            .order_by("-created_at", "-pk")
+            .values("pk")[:1]
+        )
+        latest_if_normalised = Subquery(
+            Identity.objects.filter(
+                pk=latest_pk, value=Lower(Trim("value")), value__contains="@"
+            ).values("value")[:1]
+        )
+        user_model = get_user_model()
+        if not any(f.name == "email" for f in user_model._meta.concrete_fields):
+            return latest_if_normalised
+        account_identity = Subquery(
+            Identity.objects.filter(
+                kind=IdentityKind.EMAIL, value=Lower(Trim(OuterRef("user__email")))
+            ).values("value")[:1]
+        )
+        return Case(
+            When(
+                Q(user__isnull=False) & Q(user__email__isnull=False) & ~Q(user__email=""),
+                then=account_identity,
+            ),
+            default=latest_if_normalised,
+            output_field=CharField(),
+        )
 
     # --- content -----------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Count, Model, Q, QuerySet
 from django.dispatch import receiver
 from django.urls import reverse
 
@@ -178,6 +178,46 @@ class BasePushChannel(BaseChannel):
         ]
         summary = " ".join(f"{kind}:{count}" for kind, count in counts if count)
         return summary or None
+
+    def get_addresses(self, profiles: Sequence[CustomerProfile]) -> dict[int, str | None]:
+        """``get_address`` for many profiles: their device identities in one query, then one
+        grouped count per device model (devices of their users, and user-less devices named
+        by their identities)."""
+        if not (
+            type(self).get_address is BasePushChannel.get_address
+            and type(self).owned_by is BasePushChannel.owned_by
+        ):
+            return super().get_addresses(profiles)
+        profiles = list(profiles)
+        by_user = {p.user_id: p.pk for p in profiles if p.user_id}
+        by_token: dict[str, int] = dict(
+            Identity.objects.filter(
+                profile_id__in={p.pk for p in profiles}, kind=IdentityKind.DEVICE
+            ).values_list("value", "profile_id")
+        )
+        counts: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        for kind, queryset in self.device_models():
+            mine = Q(user_id__in=list(by_user))
+            if by_token:
+                mine |= Q(registration_id__in=list(by_token), user__isnull=True)
+            per_profile: dict[int, int] = defaultdict(int)
+            rows = (
+                queryset.filter(mine, active=True)
+                .values_list("user_id", "registration_id")
+                .order_by()
+                .annotate(n=Count("pk"))
+            )
+            for user_id, token, n in rows:
+                # A device of one of the users, or a user-less one named by an identity.
+                pk = by_user.get(user_id) if user_id is not None else by_token.get(token)
+                if pk is not None:
+                    per_profile[pk] += n
+            for pk, n in per_profile.items():
+                counts[pk].append((kind, n))
+        return {
+            p.pk: " ".join(f"{kind}:{n}" for kind, n in counts.get(p.pk, []) if n) or None
+            for p in profiles
+        }
 
     def units(self, message: Message) -> int:
         """One unit per device the message goes to."""

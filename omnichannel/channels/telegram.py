@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +53,11 @@ from ..profiles.models import (
     ProfileMerge,
     Purpose,
 )
-from .base import BaseChannel
+from .base import BaseChannel, latest_identity_expression, latest_identity_values
 
 if TYPE_CHECKING:
+    from django.db.models import Expression
+
     from .models import Message
 
 logger = logging.getLogger("omnichannel.channels.telegram")
@@ -121,6 +124,19 @@ class TelegramChannel(BaseChannel):
             .values_list("value", flat=True)
             .first()
         )
+
+    def get_addresses(self, profiles: Sequence[CustomerProfile]) -> dict[int, str | None]:
+        """``get_address`` for many profiles in one query."""
+        if type(self).get_address is not TelegramChannel.get_address:
+            return super().get_addresses(profiles)
+        latest = latest_identity_values([p.pk for p in profiles], IdentityKind.TELEGRAM)
+        return {profile.pk: latest.get(profile.pk) for profile in profiles}
+
+    def address_expression(self) -> Expression | None:
+        """The latest chat identity, as ``get_address`` picks it."""
+        if type(self).get_address is not TelegramChannel.get_address:
+            return None
+        return latest_identity_expression(IdentityKind.TELEGRAM)
 
     def start_link(self, profile: CustomerProfile) -> str:
         """The deep link that links the chat of whoever opens it to ``profile`` (signed)."""

@@ -29,7 +29,7 @@ from django.utils.module_loading import import_string
 
 from ...exceptions import ChannelError, ConfigurationError, PermanentChannelError
 from ...profiles.models import ConsentSource, IdentityKind, Purpose
-from ..base import BaseChannel, SendResult
+from ..base import BaseChannel, SendResult, latest_identity_expression, latest_identity_values
 from .backends.base import (
     BaseSmsBackend,
     InvalidRecipient,
@@ -40,6 +40,8 @@ from .backends.base import (
 from .encoding import gsm_normalise, sms_encoding, sms_length, sms_segments
 
 if TYPE_CHECKING:
+    from django.db.models import Expression
+
     from ...profiles.models import CustomerProfile
     from ..models import Message
 
@@ -126,6 +128,19 @@ class SmsChannel(BaseChannel):
             .values_list("value", flat=True)
             .first()
         )
+
+    def get_addresses(self, profiles: Sequence[CustomerProfile]) -> dict[int, str | None]:
+        """``get_address`` for many profiles in one query."""
+        if type(self).get_address is not SmsChannel.get_address:
+            return super().get_addresses(profiles)
+        latest = latest_identity_values([p.pk for p in profiles], IdentityKind.PHONE)
+        return {profile.pk: latest.get(profile.pk) for profile in profiles}
+
+    def address_expression(self) -> Expression | None:
+        """The latest phone identity, as ``get_address`` picks it."""
+        if type(self).get_address is not SmsChannel.get_address:
+            return None
+        return latest_identity_expression(IdentityKind.PHONE)
 
     # --- content -----------------------------------------------------------------------------
 
