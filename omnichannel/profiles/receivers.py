@@ -126,6 +126,7 @@ def receive_basket_addition(sender: Any, product: Any, user: Any, request: Any, 
 def remember_loaded_quantity(sender: Any, instance: Any, **kwargs: Any) -> None:
     # Lets post_save tell a real quantity change from any other save of the line, no query.
     instance._omnichannel_quantity = instance.quantity
+    instance._omnichannel_basket_id = instance.basket_id
 
 
 @receiver(post_save, sender=BasketLine, dispatch_uid="omnichannel.basket_line_saved")
@@ -133,14 +134,18 @@ def remember_loaded_quantity(sender: Any, instance: Any, **kwargs: Any) -> None:
 def receive_basket_line_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
     if kwargs.get("raw"):
         return
-    previous = None if created else instance._omnichannel_quantity
+    # A line moved to another basket (Oscar merges the visitor's basket into the customer's
+    # at login) is an addition to that basket: its reminder must follow the items.
+    moved = not created and instance._omnichannel_basket_id != instance.basket_id
+    previous = None if created or moved else instance._omnichannel_quantity
     instance._omnichannel_quantity = instance.quantity
+    instance._omnichannel_basket_id = instance.basket_id
     if previous == instance.quantity or _in_basket_add_view():
         return  # nothing changed, or basket_addition records it with the request's context
     basket = instance.basket
     user, visitor_key = _shopper_of_basket(instance.basket_id)
     record_event(
-        EventType.BASKET_LINE_ADDED if created else EventType.BASKET_LINE_CHANGED,
+        EventType.BASKET_LINE_ADDED if created or moved else EventType.BASKET_LINE_CHANGED,
         user=basket.owner if basket.owner_id else user,
         visitor_key=visitor_key,
         basket_id=instance.basket_id,
