@@ -246,6 +246,12 @@ def _deliver_claimed(name: str, messages: list[Message], *, now: datetime) -> No
         for message in messages:
             _finish(message, PermanentChannelError(str(exc)), now=now)
         return
+    if any(m.needs_render for m in messages):
+        # Campaign messages are created without content; they are rendered as they go, so
+        # items, prices and stock are current. One that fails to render is failed, not sent.
+        from ..campaigns.content import render_pending_messages
+
+        messages = render_pending_messages(backend, messages, now=now)
     sendable = [m for m in messages if _still_allowed(backend, m, now=now)]
     size = max(backend.batch_size, 1)
     for start in range(0, len(sendable), size):
