@@ -122,6 +122,9 @@ class DemoLoader:
             self.load_catalogue()
             self.load_customers()
             self.update_search_index()
+        # Before the fold, so that the history's fresh events (open baskets, today's orders)
+        # enroll people as they would have in a running shop.
+        self.load_campaigns()
         self.fold()
         self.load_channels()
         return self.created
@@ -409,6 +412,20 @@ class DemoLoader:
             return
         call_command("update_index", remove=True, verbosity=0)
         self.log(f"search index updated ({engine.rsplit('.', 1)[-1]})")
+
+    def load_campaigns(self) -> None:
+        """The ready-made campaigns, active, so the demo shop runs them. Only missing ones are
+        created: one staff changed, paused or set back to draft stays as it is."""
+        if not omnichannel_installed():
+            return
+        from omnichannel.campaigns.models import CampaignStatus
+        from omnichannel.campaigns.ready_made import create_ready_made_campaigns
+
+        for result in create_ready_made_campaigns():
+            if result.created:
+                self.created["campaigns"] += 1
+                result.campaign.status = CampaignStatus.ACTIVE
+                result.campaign.save(update_fields=["status", "updated_at"])
 
     def fold(self) -> None:
         if not omnichannel_installed():

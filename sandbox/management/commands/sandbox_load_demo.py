@@ -21,8 +21,8 @@ from sandbox.demo.loader import (
 class Command(BaseCommand):
     help = (
         "Load the demo shop: staff user, shipping countries, a catalogue with generated pictures, "
-        "customers with an order history placed through Oscar, wishlists, and their profiles. "
-        "Running it again adds only what is missing."
+        "customers with an order history placed through Oscar, wishlists, their profiles, and "
+        "the ready-made campaigns (active). Running it again adds only what is missing."
     )
 
     def add_arguments(self, parser) -> None:
@@ -71,5 +71,12 @@ class Command(BaseCommand):
             lines.append(
                 f"  events: {Event.objects.count()} ({pending} pending), "
                 f"profiles: {profiles['n']} ({profiles['buyers']} with orders)"
+            )
+            from omnichannel.campaigns.models import Campaign, CampaignStatus
+
+            active = Campaign.objects.filter(status=CampaignStatus.ACTIVE).count()
+            lines.append(
+                f"  campaigns: {active} active; simulate a day of shoppers with "
+                "`python manage.py omnichannel_simulate_day`"
             )
         return "\n".join(lines)
