@@ -60,3 +60,8 @@ def campaign_tick_task() -> dict[str, int]:
     from .campaigns.engine import tick
 
     return tick(now=timezone.now()).as_dict()
+
+
+# Celery's autodiscovery reads this module only: importing the campaign tasks here registers
+# them with every worker (omnichannel.campaigns.fan_out).
+from .campaigns.tasks import fan_out_task  # noqa: E402, F401
