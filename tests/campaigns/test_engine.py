@@ -284,7 +284,11 @@ def test_queries_per_batch_do_not_grow_with_the_batch():
         assert result.sent == count
         return len(queries)
 
-    assert queries_for(3, 0) == queries_for(30, 100)
+    few, many = queries_for(3, 0), queries_for(30, 100)
+    # SQLite caps the parameters of one statement (999): a bulk insert of 30 wide message rows
+    # is split in two. PostgreSQL sends each in one.
+    limit = 0 if connection.vendor == "postgresql" else 2
+    assert many - few <= limit, (few, many)
 
 
 def test_explain_says_which_channel_and_why():
