@@ -183,9 +183,11 @@ def _category_best_sellers(families: Mapping[K, set[int]], *, depth: int) -> dic
     ProductCategory = get_model("catalogue", "ProductCategory")
     all_seeds = {pid for family in families.values() for pid in family}
     categories_of: dict[int, set[int]] = defaultdict(set)
-    for product_id, category_id in ProductCategory.objects.filter(
-        product_id__in=all_seeds
-    ).values_list("product_id", "category_id"):
+    for product_id, category_id in (
+        ProductCategory.objects.filter(product_id__in=all_seeds)
+        .order_by()
+        .values_list("product_id", "category_id")
+    ):
         categories_of[product_id].add(category_id)
     all_categories = sorted({c for cats in categories_of.values() for c in cats})
     if not all_categories:
@@ -219,7 +221,9 @@ def _parents(product_ids: Collection[int]) -> dict[int, int | None]:
     if not product_ids:
         return {}
     Product = get_model("catalogue", "Product")
-    return dict(Product.objects.filter(pk__in=product_ids).values_list("pk", "parent_id"))
+    return dict(
+        Product.objects.filter(pk__in=product_ids).order_by().values_list("pk", "parent_id")
+    )
 
 
 def _sellable(product_ids: Collection[int]) -> set[int]:
@@ -232,7 +236,8 @@ def _sellable(product_ids: Collection[int]) -> set[int]:
         StockRecord.objects.filter(product__parent_id=OuterRef("pk"), product__is_public=True)
     )
     return set(
-        Product.objects.filter(pk__in=product_ids, is_public=True)
+        Product.objects.order_by()
+        .filter(pk__in=product_ids, is_public=True)
         .filter(Q(parent__isnull=True) | Q(parent__is_public=True))
         .filter(own_stock | child_stock)
         .values_list("pk", flat=True)

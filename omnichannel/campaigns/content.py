@@ -198,7 +198,7 @@ def render_pending_messages(
     if not pending:
         return list(messages)
     try:
-        contexts = build_contexts(backend, pending)
+        contexts = build_contexts(pending)
     except Exception as exc:  # a trigger's or host's bug fails the batch's messages
         logger.exception("could not build the content of %d messages", len(pending))
         reason = f"could not build the message content: {type(exc).__name__}: {exc}"
@@ -261,9 +261,7 @@ def _give_up(message: Message, status: str, reason: str, *, now: datetime) -> No
     record_status(message, status, at=now, source="omnichannel", error=reason)
 
 
-def build_contexts(
-    backend: BaseChannel, messages: Sequence[Message]
-) -> dict[int, dict[str, Any] | _Skip]:
+def build_contexts(messages: Sequence[Message]) -> dict[int, dict[str, Any] | _Skip]:
     """Message pk -> its template context (beyond the common one), or why it cannot go.
 
     Loads the batch's steps, enrollments, trigger data, current items, products, orders and

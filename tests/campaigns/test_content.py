@@ -470,7 +470,5 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(make_campaign, catalog
         return len(captured)
 
     small, large = queries(batch(10)), queries(batch(50))
-    # One UPDATE saves the rendered messages; SQLite's parameter limit splits a large one.
-    assert large <= small + 1, (small, large)
-    assert small <= 25
+    assert small == large <= 20, (small, large)
     assert not Message.objects.filter(needs_render=True).exists()
