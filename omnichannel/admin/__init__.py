@@ -5,6 +5,7 @@ Each sub-module registers the admins of one part of the app.
 
 from . import (
     api,  # noqa: F401  (registers the API key admin)
+    campaigns,  # noqa: F401  (registers the campaign and enrollment admins)
     messages,  # noqa: F401  (registers the message, outbox, suppression admins)
     profiles,  # noqa: F401  (registers the profile admins)
     segments,  # noqa: F401  (registers the segment and snapshot admins)
