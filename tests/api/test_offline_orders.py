@@ -101,8 +101,77 @@ def test_an_offline_order_by_the_phone_of_an_online_customer_joins_their_profile
     categories = PurchasedCategory.objects.filter(profile=profile)
     assert {row.category.name for row in categories} >= {"Fridges"}
     assert "offline" in profile.sources and "web" in profile.sources
-    # TODO(campaigns, issue #5): assert this order ends the customer's basket reminder for
-    # the bought items once the campaigns engine has landed.
+
+
+def test_an_offline_order_ends_the_customers_basket_reminder_for_the_bought_items(
+    till_client, fridge, kettle
+):
+    from omnichannel.campaigns.engine import tick
+    from omnichannel.campaigns.models import (
+        Campaign,
+        CampaignStatus,
+        Enrollment,
+        EnrollmentState,
+        ExitReason,
+        Step,
+    )
+
+    reminder = Campaign.objects.create(
+        name="Abandoned basket",
+        trigger="abandoned_basket",
+        trigger_options={"delay_minutes": 60},
+        status=CampaignStatus.ACTIVE,
+    )
+    Step.objects.create(campaign=reminder, position=1, channel="email", template="abandoned_basket")
+    # An online customer who gave their phone at an earlier checkout ...
+    browser = Client()
+    shop.add_to_basket(browser, kettle)
+    shop.register(browser, "ada@example.com")
+    shop.checkout(browser, phone="+44 7911 123456")
+    # ... puts a fridge and a kettle in the basket and leaves.
+    shop.add_to_basket(browser, fridge)
+    shop.add_to_basket(browser, kettle)
+    fold()
+    enrollment = Enrollment.objects.get(campaign=reminder)
+    assert enrollment.state == EnrollmentState.ACTIVE
+
+    # At the till they buy only the fridge: the reminder goes on, for the kettle alone.
+    response = till_client.post(
+        URL,
+        order(
+            occurred_at=timezone.now().isoformat(),
+            total="499.00",
+            lines=[{"sku": "FRIDGE-300", "quantity": 1, "unit_price": "499"}],
+        ),
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    fold()
+    from omnichannel.campaigns.goals import remaining_items
+
+    enrollment.refresh_from_db()
+    assert remaining_items([enrollment])[enrollment.pk] == [kettle.pk]
+
+    # Later they buy the kettle too: the reminder ends before it is sent.
+    response = till_client.post(
+        URL,
+        order(
+            number="S12-000124",
+            occurred_at=timezone.now().isoformat(),
+            total="25.00",
+            lines=[{"sku": "KET-1", "quantity": 1, "unit_price": "25.00"}],
+        ),
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    fold()
+    tick(now=timezone.now() + timedelta(hours=2), dispatch=False)
+    enrollment.refresh_from_db()
+    assert (enrollment.state, enrollment.exit_reason) == (
+        EnrollmentState.EXITED,
+        ExitReason.BOUGHT_ITEMS,
+    )
+    assert not enrollment.messages.exists()
 
 
 def test_the_payload_has_the_shape_of_an_online_orders(till_client, fridge, kettle):
