@@ -539,8 +539,12 @@ class CampaignAdmin(admin.ModelAdmin):
         return _link(f"{url}?{urlencode({'campaign__id__exact': obj.pk})}", text)
 
     @admin.display(description=_("messages sent"), ordering="sent_count")
-    def messages_sent(self, obj: Campaign) -> int:
-        return getattr(obj, "sent_count", 0)
+    def messages_sent(self, obj: Campaign) -> SafeString:
+        url = _admin_url(Message, "changelist", site_name=self.admin_site.name)
+        count = getattr(obj, "sent_count", 0)
+        if url is None or not count:
+            return format_html("{}", count)
+        return _link(f"{url}?{urlencode({'campaign__id__exact': obj.pk})}", count)
 
     @admin.display(description=_("enrollments"))
     def enrollment_summary(self, obj: Campaign) -> SafeString:
@@ -1349,7 +1353,6 @@ class EnrollmentAdmin(admin.ModelAdmin):
     search_fields = ("subject_key",)
     search_help_text = _("Profile id, email or phone (exact), or the subject (start of it).")
     ordering = ("-enrolled_at", "-id")
-    date_hierarchy = "enrolled_at"
     show_full_result_count = False  # a large table: one COUNT per page is enough
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 100

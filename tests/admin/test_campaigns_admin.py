@@ -221,7 +221,7 @@ def test_changelist_shows_counts_in_a_fixed_number_of_queries(staff, ada, nobody
             )
         return campaign
 
-    add("Basket reminder", enrolled=[ada, nobody], ended=1)
+    basket = add("Basket reminder", enrolled=[ada, nobody], ended=1)
     with CaptureQueriesContext(connection) as one:
         response = staff.get(CHANGELIST)
     assert response.status_code == 200
@@ -229,6 +229,12 @@ def test_changelist_shows_counts_in_a_fixed_number_of_queries(staff, ada, nobody
     assert "Basket reminder" in text
     assert "1 / 2" in text  # active / total enrollments
     assert "Welcome" in text  # the trigger's label
+    # The counts link to the campaign's enrollments and messages.
+    enrollments = f"{ENROLLMENTS}?campaign__id__exact={basket.pk}"
+    sent = f"{reverse('admin:omnichannel_message_changelist')}?campaign__id__exact={basket.pk}"
+    assert enrollments in page_html(response)
+    assert sent in page_html(response)
+    assert staff.get(sent).status_code == 200  # a filter the message log knows (no ?e=1)
 
     for index in range(4):
         add(f"Campaign {index}", enrolled=[ada])
