@@ -791,18 +791,13 @@ def tick(
     batch commits; when the broker is unreachable they wait for the periodic delivery task.
     """
     from .enrolling import scan_triggers
-
-    try:  # TODO(lead): remove once fanout.py lands
-        from .fanout import launch_due_mass_campaigns
-    except ImportError:
-        launch_due_mass_campaigns = None  # type: ignore[assignment]
+    from .fanout import launch_due_mass_campaigns
 
     size = int(batch_size or app_settings.CAMPAIGN_BATCH_SIZE)
     batches = int(max_batches or app_settings.CAMPAIGN_MAX_BATCHES_PER_TICK)
     total = TickResult()
     total.enrolled = scan_triggers(now=now)
-    if launch_due_mass_campaigns is not None:
-        launch_due_mass_campaigns(now=now)
+    launch_due_mass_campaigns(now=now)
     for _ in range(batches):
         claimed = claim_due_enrollments(now=now, limit=size)
         if not claimed:
