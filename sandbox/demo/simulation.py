@@ -575,14 +575,13 @@ class DaySimulation:
     # --- before the day: existing customers, their purchases and wish lists ---------------------
 
     def _prelude(self, at: datetime) -> None:
-        from omnichannel.profiles.models import Event, EventType
         from omnichannel.profiles.recording import registration_event, save_event
 
         customers = [s for s in self.shoppers if s.kind == CUSTOMER]
         for shopper in customers:
             user = self._create_user(shopper)
-            if not Event.objects.filter(user_id=user.pk, type=EventType.USER_REGISTERED).exists():
-                save_event(registration_event(user, occurred_at=shopper.joined_at))
+            # Registered long ago: too old for the welcome campaign.
+            save_event(registration_event(user, occurred_at=shopper.joined_at))
             if shopper.last_order_at is not None:
                 # An earlier purchase, in a store: old enough to start no thank-you.
                 products = random.Random(f"{self.seed}:history:{shopper.index}").sample(
