@@ -23,14 +23,12 @@ import logging
 import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
@@ -44,7 +42,7 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils import timezone, translation
+from django.utils import timezone
 from django.utils.dateparse import parse_duration
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -65,20 +63,19 @@ from ..campaigns.models import (
     Step,
 )
 from ..campaigns.triggers import registry as triggers
-from ..channels.base import BaseChannel, Reach
+from ..channels.base import BaseChannel
 from ..channels.models import Message, OutboxEntry
-from ..channels.sending import deliver_message, message_context, queue_message
+from ..channels.sending import deliver_message, queue_message
 from ..exceptions import NotReachable
 from ..profiles.models import CustomerProfile
-from .display import EMPTY
+from .display import EMPTY, ProfileAutocomplete
 from .display import admin_url as _admin_url
 from .display import link as _link
 from .display import when as _when
 from .messages import (
     _pretty_json,
+    build_preview,
     configured_channels,
-    money,
-    render_content,
     status_badge,
     template_keys,
 )
@@ -902,15 +899,6 @@ class CampaignAdmin(admin.ModelAdmin):
 # --- preview ------------------------------------------------------------------------------------
 
 
-class ProfileAutocomplete(AutocompleteSelect):
-    """The admin's profile search; a typed-in value that is not an id shows as nothing chosen
-    (the field's error says why) instead of failing the page."""
-
-    def optgroups(self, name: str, value: list[Any], attr: dict[str, Any] | None = None):
-        ids = [v for v in value if str(v).isascii() and str(v).isdigit()]
-        return super().optgroups(name, ids, attr)
-
-
 class CampaignPreviewForm(forms.Form):
     """Who; optionally which step and channel (default: what the engine decides now)."""
 
@@ -1122,57 +1110,16 @@ def render_step(
     profile: CustomerProfile,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """Render the step's message for ``profile`` on ``backend`` as the engine would; store nothing.
-
-    Like the message admin's preview, the message is never saved and rendering runs in a
-    transaction that is rolled back. Returns the reach, content, cost, or ``error``.
-    """
-    try:
-        reach = backend.reachability(profile, campaign.purpose)
-    except Exception as exc:  # noqa: BLE001  (a channel's bug is shown on the page)
-        reach = Reach(None, f"{type(exc).__name__}: {exc}")
-    language = profile.language or settings.LANGUAGE_CODE
-    message = Message(
+    """The step's message for ``profile`` on ``backend`` as the engine sends it; unsaved."""
+    return build_preview(
+        backend,
         profile=profile,
         channel=backend.name,
         purpose=campaign.purpose,
-        address=reach.address or "",
         template=step.template,
-        language=language,
-        currency=backend.currency,
+        context=extra,
+        inline=step_inline(step, backend),
     )
-    result: dict[str, Any] = {"reach": reach, "error": "", "message": message, "content": None}
-    try:
-        with transaction.atomic():
-            try:
-                with translation.override(language):
-                    backend.render(
-                        message,
-                        message_context(message, profile, backend, extra),
-                        template=step.template,
-                        inline=step_inline(step, backend),
-                    )
-                message.units = backend.units(message)
-                message.cost = backend.cost_of(message).quantize(Decimal("0.00001"))
-            finally:
-                transaction.set_rollback(True)
-    except Exception as exc:  # noqa: BLE001  (a template error is shown to staff, never a 500)
-        result["error"] = gettext("The message could not be rendered: %(error)s") % {
-            "error": f"{type(exc).__name__}: {exc}"
-        }
-        return result
-    result["cost"] = money(message.cost, message.currency)
-    result["content"] = render_content(
-        channel=backend.name,
-        address=message.address,
-        subject=message.subject,
-        body_text=message.body_text,
-        body_html=message.body_html,
-        data=message.data,
-        units=message.units,
-    )
-    result["data"] = _pretty_json(message.data)
-    return result
 
 
 def describe_decision(decision: engine.Decision) -> dict[str, Any]:

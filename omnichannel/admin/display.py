@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.db.models import Model
 from django.urls import NoReverseMatch, reverse
 from django.utils import formats, timezone
@@ -39,3 +40,12 @@ def link(url: str | None, text: Any) -> SafeString:
     if url is None:
         return format_html("{}", text)
     return format_html('<a href="{}">{}</a>', url, text)
+
+
+class ProfileAutocomplete(AutocompleteSelect):
+    """The admin's profile search; a typed-in value that is not an id shows as nothing chosen
+    (the field's error says why) instead of failing the page."""
+
+    def optgroups(self, name: str, value: list[Any], attr: dict[str, Any] | None = None) -> Any:
+        ids = [v for v in value if str(v).isascii() and str(v).isdigit()]
+        return super().optgroups(name, ids, attr)

@@ -22,7 +22,6 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -52,7 +51,7 @@ from ..conf import app_settings
 from ..exceptions import InvalidIdentity, NotReachable
 from ..profiles.models import Channel, CustomerProfile, Purpose
 from ..profiles.normalise import normalise_email, normalise_phone
-from .display import EMPTY
+from .display import EMPTY, ProfileAutocomplete
 from .display import admin_url as _admin_url
 from .display import link as _link
 from .display import when as _when
@@ -899,7 +898,7 @@ class PreviewForm(forms.Form):
         ]
         profile = self.fields["profile"]
         # The search box of the profile admin (email, phone, name), as on a ForeignKey field.
-        profile.widget = AutocompleteSelect(Message._meta.get_field("profile"), admin_site)
+        profile.widget = ProfileAutocomplete(Message._meta.get_field("profile"), admin_site)
         profile.widget.is_required = profile.required
         profile.widget.choices = profile.choices
 
@@ -952,8 +951,10 @@ def build_preview(
     purpose: str,
     template: str,
     context: dict[str, Any],
+    inline: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Render ``template`` for ``profile`` as queue_message would, storing nothing.
+    """Render ``template`` (or ``inline`` parts) for ``profile`` as queue_message would, storing
+    nothing.
 
     The message is never saved, and rendering runs in a transaction that is rolled back, so a
     template tag or channel that writes (a link token row, a recommendation cache) leaves no
@@ -983,6 +984,7 @@ def build_preview(
                         message,
                         message_context(message, profile, backend, context),
                         template=template,
+                        inline=inline,
                     )
                 message.units = backend.units(message)
                 message.cost = backend.cost_of(message).quantize(Decimal("0.00001"))

@@ -312,6 +312,7 @@ class ExitReason(models.TextChoices):
     CAPPED = "capped", _("Dropped by a frequency cap")
     CAMPAIGN_ENDED = "campaign_ended", _("The campaign ended")
     PROFILE_MERGED = "profile_merged", _("Profile merged into another")
+    ENDED_BY_STAFF = "ended_by_staff", _("Ended by staff in the admin")
 
 
 class Enrollment(models.Model):

@@ -618,7 +618,7 @@ def test_send_test_with_a_broken_template_is_an_error_not_a_500(staff, ada):
     assert response.status_code == 200
     assert "Not sent: the message could not be rendered: TemplateSyntaxError" in errors_of(response)
     preview = staff.post(preview_url(campaign), {"profile": ada.pk, "_preview": "1"})
-    assert "The message could not be rendered: TemplateSyntaxError" in page_text(preview)
+    assert "The template could not be rendered: TemplateSyntaxError" in page_text(preview)
     assert not Message.objects.exists()
 
 

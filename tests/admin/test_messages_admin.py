@@ -289,6 +289,13 @@ def test_preview_renders_and_stores_nothing(admin_client, ada):
     assert "ada@example.com" in page
 
 
+def test_a_typed_in_profile_that_is_not_an_id_is_a_form_error_not_a_500(admin_client, ada):
+    data = {**form_data(ada), "profile": "ada@example.com"}
+    response = admin_client.post(PREVIEW, data)
+    assert response.status_code == 200
+    assert "profile" in response.context["form"].errors
+
+
 def test_preview_shows_why_a_person_cannot_be_reached(admin_client, ada):
     response = admin_client.post(PREVIEW, form_data(ada, purpose=Purpose.MARKETING))
     assert response.status_code == 200
