@@ -145,6 +145,16 @@ class Campaign(models.Model):
         default=False,
         help_text=_("Mass campaigns: spread the send over 24 hours, each person at their hour."),
     )
+    ready_made = models.CharField(
+        _("ready-made key"),
+        max_length=40,
+        blank=True,
+        editable=False,
+        help_text=_(
+            "Set on the campaigns omnichannel_create_campaigns creates: a re-run finds them by "
+            "this key, whatever staff renamed them to."
+        ),
+    )
     launched_at = models.DateTimeField(_("fanned out"), null=True, blank=True, editable=False)
     last_scanned_at = models.DateTimeField(
         _("last trigger scan"), null=True, blank=True, editable=False
@@ -156,6 +166,13 @@ class Campaign(models.Model):
         verbose_name = _("campaign")
         verbose_name_plural = _("campaigns")
         ordering = ["-priority", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["ready_made"],
+                condition=~Q(ready_made=""),
+                name="oc_campaign_ready_made",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

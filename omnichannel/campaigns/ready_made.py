@@ -2,7 +2,8 @@
 
 The standard triggered campaigns of a shop: abandoned basket, abandoned wishlist, a thank-you
 after a purchase, welcome, win-back and browse abandonment, each with a cascade of steps.
-Creating them again adds only the ones that are missing (found by name): a campaign that exists
+Creating them again adds only the ones that are missing (found by their ready-made key, or by
+name for campaigns made before the key existed): a campaign that exists
 is left exactly as staff made it, steps, options and status included.
 """
 
@@ -144,7 +145,7 @@ def _options(item: ReadyMadeCampaign) -> dict[str, Any]:
 def create_ready_made_campaigns(
     keys: Iterable[str] | None = None, *, activate: bool = False
 ) -> list[ReadyMadeCampaignResult]:
-    """Create the ready-made campaigns that do not exist yet (looked up by name).
+    """Create the ready-made campaigns that do not exist yet (looked up by key, else by name).
 
     A campaign of that name is left alone, whatever staff changed in it; only with
     ``activate`` is a draft one (ours or theirs) made active. Steps on channels the shop has
@@ -161,7 +162,10 @@ def create_ready_made_campaigns(
     for key in wanted:
         item = known[key]
         name = str(item.name)
-        existing = Campaign.objects.filter(name=name).first()
+        existing = (
+            Campaign.objects.filter(ready_made=key).first()
+            or Campaign.objects.filter(name=name, ready_made="").first()
+        )
         if existing is not None:
             result = ReadyMadeCampaignResult(key, existing, created=False)
             if activate and existing.status == CampaignStatus.DRAFT:
@@ -185,6 +189,7 @@ def create_ready_made_campaigns(
             continue
         campaign = Campaign(
             name=name,
+            ready_made=key,
             kind=CampaignKind.TRIGGERED,
             status=CampaignStatus.ACTIVE if activate else CampaignStatus.DRAFT,
             trigger=item.trigger,

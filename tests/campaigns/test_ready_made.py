@@ -65,6 +65,7 @@ def test_a_second_run_changes_nothing_and_keeps_staff_edits():
     basket = Campaign.objects.get(name="Abandoned basket")
     basket.trigger_options = {"delay_minutes": 30}
     basket.priority = 5
+    basket.name = "Forgotten basket (ours)"  # a renamed one is still found by its key
     basket.save()
     basket.steps.filter(position=3).delete()
     Campaign.objects.get(name="Welcome").delete()
