@@ -203,11 +203,7 @@ def deliver_due_messages(*, now: datetime, limit: int | None = None) -> int:
     """
     fail_stale_sends(now=now)
     claimed = claim_due_messages(now=now, limit=limit or int(app_settings.DELIVERY_BATCH_SIZE))
-    by_channel: dict[str, list[Message]] = defaultdict(list)
-    for message in claimed:
-        by_channel[message.channel].append(message)
-    for name, messages in by_channel.items():
-        _deliver_claimed(name, messages, now=now)
+    _deliver_by_channel(claimed, now=now)
     return len(claimed)
 
 
@@ -220,12 +216,16 @@ def deliver_messages(ids: Iterable[int], *, now: datetime) -> int:
     if not ids:
         return 0
     claimed = claim_due_messages(now=now, limit=len(ids), ids=ids)
+    _deliver_by_channel(claimed, now=now)
+    return len(claimed)
+
+
+def _deliver_by_channel(claimed: list[Message], *, now: datetime) -> None:
     by_channel: dict[str, list[Message]] = defaultdict(list)
     for message in claimed:
         by_channel[message.channel].append(message)
     for name, messages in by_channel.items():
         _deliver_claimed(name, messages, now=now)
-    return len(claimed)
 
 
 def deliver_message(message: Message, *, now: datetime) -> Message:
