@@ -68,7 +68,7 @@ from ..channels.models import Message, OutboxEntry
 from ..channels.sending import deliver_message, queue_message
 from ..exceptions import NotReachable
 from ..profiles.models import CustomerProfile
-from .display import EMPTY, ProfileAutocomplete
+from .display import EMPTY, ProfileAutocomplete, ProfileFilter
 from .display import admin_url as _admin_url
 from .display import link as _link
 from .display import when as _when
@@ -1260,26 +1260,6 @@ class EnrollmentLogInline(admin.TabularInline):
         return format_html("{} {}", _link(url, f"#{obj.message_id}"), badge)
 
 
-class EnrollmentProfileFilter(admin.SimpleListFilter):
-    """``?profile=<id>``: one person's enrollments (linked from elsewhere in the admin)."""
-
-    title = _("profile")
-    parameter_name = "profile"
-
-    def lookups(self, request, model_admin):
-        value = self.value()
-        if not value or not (value.isascii() and value.isdigit()):
-            return []
-        profile = CustomerProfile.objects.filter(pk=int(value)).first()
-        return [(value, str(profile) if profile else gettext("Profile %s") % value)]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        if value and value.isascii() and value.isdigit():
-            return queryset.filter(profile_id=int(value))
-        return queryset
-
-
 @admin.register(Enrollment)
 class EnrollmentAdmin(admin.ModelAdmin):
     """Who is where in which campaign, and why they left: the engine's records, read-only."""
@@ -1295,7 +1275,7 @@ class EnrollmentAdmin(admin.ModelAdmin):
         "next_due_at",
     )
     list_display_links = ("enrolled_at",)
-    list_filter = ("campaign", "state", "exit_reason", EnrollmentProfileFilter)
+    list_filter = ("campaign", "state", "exit_reason", ProfileFilter)
     list_select_related = ("campaign", "profile")
     search_fields = ("subject_key",)
     search_help_text = _("Profile id, email or phone (exact), or the subject (start of it).")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib import admin
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.db.models import Model
 from django.urls import NoReverseMatch, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 #: What an empty value shows as.
 EMPTY = "-"
@@ -49,3 +52,27 @@ class ProfileAutocomplete(AutocompleteSelect):
     def optgroups(self, name: str, value: list[Any], attr: dict[str, Any] | None = None) -> Any:
         ids = [v for v in value if str(v).isascii() and str(v).isdigit()]
         return super().optgroups(name, ids, attr)
+
+
+class ProfileFilter(admin.SimpleListFilter):
+    """``?profile=<id>``: the rows of one person (linked from the profile page)."""
+
+    title = _("profile")
+    parameter_name = "profile"
+
+    def _profile_id(self) -> int | None:
+        value = self.value()
+        return int(value) if value and value.isascii() and value.isdigit() else None
+
+    def lookups(self, request: Any, model_admin: Any) -> list[tuple[str, str]]:
+        from ..profiles.models import CustomerProfile
+
+        pk = self._profile_id()
+        if pk is None:
+            return []
+        profile = CustomerProfile.objects.filter(pk=pk).first()
+        return [(str(pk), str(profile) if profile else gettext("Profile %s") % pk)]
+
+    def queryset(self, request: Any, queryset: Any) -> Any:
+        pk = self._profile_id()
+        return queryset.filter(profile_id=pk) if pk is not None else queryset

@@ -51,7 +51,7 @@ from ..conf import app_settings
 from ..exceptions import InvalidIdentity, NotReachable
 from ..profiles.models import Channel, CustomerProfile, Purpose
 from ..profiles.normalise import normalise_email, normalise_phone
-from .display import EMPTY, ProfileAutocomplete
+from .display import EMPTY, ProfileAutocomplete, ProfileFilter
 from .display import admin_url as _admin_url
 from .display import link as _link
 from .display import when as _when
@@ -426,26 +426,6 @@ class ConfiguredChannelFilter(admin.SimpleListFilter):
         return queryset.filter(channel=value) if value else queryset
 
 
-class MessageProfileFilter(admin.SimpleListFilter):
-    """``?profile=<id>``: the messages of one person (linked from the profile page)."""
-
-    title = _("profile")
-    parameter_name = "profile"
-
-    def lookups(self, request, model_admin):
-        value = self.value()
-        if not value or not (value.isascii() and value.isdigit()):
-            return []
-        profile = CustomerProfile.objects.filter(pk=int(value)).first()
-        return [(value, str(profile) if profile else _("Profile %s") % value)]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        if value and value.isascii() and value.isdigit():
-            return queryset.filter(profile_id=int(value))
-        return queryset
-
-
 # --- messages -------------------------------------------------------------------------------
 
 
@@ -521,7 +501,7 @@ class MessageAdmin(admin.ModelAdmin):
         "purpose",
         "campaign",
         ("created_at", admin.DateFieldListFilter),
-        MessageProfileFilter,
+        ProfileFilter,
     )
     search_fields = ("address", "subject", "provider_message_id")
     search_help_text = _(

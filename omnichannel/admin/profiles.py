@@ -36,7 +36,7 @@ from ..profiles.models import (
     Purpose,
 )
 from ..profiles.normalise import normalise_email, normalise_identity, normalise_phone
-from .display import EMPTY
+from .display import EMPTY, ProfileFilter
 from .display import admin_url as _admin_url
 from .display import link as _link
 from .display import when as _when
@@ -202,29 +202,6 @@ class ProcessedFilter(admin.SimpleListFilter):
             return queryset.filter(processed_at__isnull=False)
         if self.value() == "no":
             return queryset.filter(processed_at__isnull=True)
-        return queryset
-
-
-class ProfileFilter(admin.SimpleListFilter):
-    """``?profile=<id>``: the events of one profile (linked from the profile's timeline).
-
-    Shown only while active, so it costs nothing on the plain list.
-    """
-
-    title = _("profile")
-    parameter_name = "profile"
-
-    def lookups(self, request, model_admin):
-        value = self.value()
-        if not value or not value.isdigit():
-            return []
-        profile = CustomerProfile.objects.filter(pk=int(value)).first()
-        return [(value, str(profile) if profile else _("Profile %s") % value)]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        if value and value.isdigit():
-            return queryset.filter(profile_id=int(value))
         return queryset
 
 
