@@ -302,11 +302,11 @@ class BaseChannel:
             .order_by("-created_at", "-pk")
             .values("granted")[:1]
         )
-        queryset = (
-            profiles.annotate(**{REACH_ADDRESS: expression, "reach_consent": latest_consent})
-            .filter(**{f"{REACH_ADDRESS}__isnull": False})
-            .exclude(**{REACH_ADDRESS: ""})
-        )
+        # "> ''": neither NULL nor empty in one test (the database computes the address again
+        # for each mention of it).
+        queryset = profiles.annotate(
+            **{REACH_ADDRESS: expression, "reach_consent": latest_consent}
+        ).filter(**{f"{REACH_ADDRESS}__gt": ""})
         if self._needs_grant(purpose):
             queryset = queryset.filter(reach_consent=True)
         else:
