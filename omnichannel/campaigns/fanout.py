@@ -258,6 +258,11 @@ def fan_out_chunk(plan: FanOutPlan, *, after: int, upto: int) -> int:
     """Enroll the audience members with ``after < id <= upto`` and, on the set-based path,
     create their first messages; one transaction. Returns the enrollments created."""
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # The statement's estimated cost triggers PostgreSQL's JIT, whose compiling
+                # (about 0.6 s) outweighs what it saves on a chunk: a sixth of the chunk's time.
+                cursor.execute("SET LOCAL jit = off")
         if single_statement():
             return _fan_out_chunk_in_one_statement(plan, after=after, upto=upto)
         created = _insert_enrollments(plan, after=after, upto=upto)
@@ -307,8 +312,12 @@ def _hour_case(column: str, times: dict[int, datetime]) -> tuple[str, list[Any]]
     )
 
 
-def _bucket_expression() -> Case:
-    """The person's best hour (0-23), or UNKNOWN_HOUR."""
+def _bucket_expression(plan: FanOutPlan) -> Case | Value:
+    """The person's best hour (0-23), or UNKNOWN_HOUR; a constant when no time depends on it
+    (no join to the scores then)."""
+    times = {*plan.due_times.values(), *plan.message_times.values()}
+    if len(times) == 1:
+        return Value(UNKNOWN_HOUR, output_field=IntegerField())
     hour = F("engagement_score__best_hour")
     return Case(
         When(Q(engagement_score__best_hour__gte=0, engagement_score__best_hour__lte=23), then=hour),
@@ -371,7 +380,9 @@ def _audience(plan: FanOutPlan, *, after: int, upto: int) -> QuerySet[CustomerPr
 def _insert_enrollments(plan: FanOutPlan, *, after: int, upto: int) -> int:
     audience = _audience(plan, after=after, upto=upto)
     source_sql, source_params = _sql(
-        audience.annotate(fo_id=F("pk"), fo_hour=_bucket_expression()).values("fo_id", "fo_hour")
+        audience.annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan)).values(
+            "fo_id", "fo_hour"
+        )
     )
     return _insert_select(
         Enrollment,
@@ -488,7 +499,7 @@ def _reachable(plan: FanOutPlan, *, after: int, upto: int) -> QuerySet[Any] | No
     reachable = plan.backend.reachable_queryset(profiles, plan.campaign.purpose)
     if reachable is None:
         return None
-    reachable = reachable.annotate(fo_id=F("pk"), fo_hour=_bucket_expression())
+    reachable = reachable.annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan))
     for held in _held_back(plan):
         reachable = reachable.filter(~held)
     quiet = _quiet_condition(plan, after=after, upto=upto)
@@ -679,7 +690,7 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
     now = _datetime(plan.now)
     audience = (
         _audience(plan, after=after, upto=upto)
-        .annotate(fo_id=F("pk"), fo_hour=_bucket_expression())
+        .annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan))
         .values("fo_id", "fo_hour")
     )
     audience_sql, params = _sql(audience)
