@@ -13,7 +13,9 @@
    SQL; segment counts and fetches, RFM refresh, a naive Python evaluation for comparison.
 
 Also the API (bench/api_bench.py), on <name>_api: the API served by gunicorn on loopback,
-events per second in batches of 100 against one event per request, in the same run.
+events per second in batches of 100 against one event per request, in the same run; and
+campaigns (bench/campaigns.py), on <name>_campaigns: a mass fan-out to N people (default
+1,000,000) and the engine's tick.
 
 Databases are named after DATABASE_URL's (default omnichannel_bench): <name>_tpl_on,
 <name>_tpl_off, <name>_on, <name>_off, <name>_rebuild, <name>_segments. They are created here
@@ -40,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api_bench import run_api
+from campaigns import run_campaigns
 from common import (
     BENCH_DIR,
     DEFAULT_DATABASE_URL,
@@ -516,7 +519,9 @@ def parse_args() -> argparse.Namespace:
         help="smaller run: 60 adds, 16 checkouts, 1k and 5k customers",
     )
     parser.add_argument(
-        "--only", choices=["checkout", "rebuild", "segments", "api"], help="run one bench only"
+        "--only",
+        choices=["checkout", "rebuild", "segments", "api", "campaigns"],
+        help="run one bench only",
     )
     parser.add_argument("--adds", type=int, help="timed add-to-basket requests per variant")
     parser.add_argument("--checkouts", type=int, help="timed checkouts per variant")
@@ -524,6 +529,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--segment-profiles",
         help="profiles per segments run, comma-separated (default 1000000; --quick 20000)",
+    )
+    parser.add_argument(
+        "--campaign-profiles",
+        help="profiles per campaigns run, comma-separated (default 1000000; --quick 20000)",
+    )
+    parser.add_argument(
+        "--campaign-scenarios",
+        help="scenarios of bench/campaigns.py, comma-separated (default all)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile the checkout path even if within target"
@@ -555,6 +568,15 @@ def parse_args() -> argparse.Namespace:
         ]
     except ValueError:
         parser.error(f"--segment-profiles must be comma-separated integers, not {segment_sizes!r}")
+    campaign_sizes = args.campaign_profiles or ("20000" if quick else "1000000")
+    try:
+        args.campaign_profiles = [
+            int(s.replace("_", "")) for s in campaign_sizes.split(",") if s.strip()
+        ]
+    except ValueError:
+        parser.error(
+            f"--campaign-profiles must be comma-separated integers, not {campaign_sizes!r}"
+        )
     if args.adds < 2 or args.checkouts < 1:
         parser.error("need at least 2 adds and 1 checkout")
     return args
@@ -594,7 +616,8 @@ def main() -> int:
             f"databases: {admin.base_name}_* at {redact(admin.server_url)}"
             f"{' (quick run)' if args.quick else ''}"
         )
-        variants = ["on"] if args.only in ("rebuild", "segments", "api") else list(VARIANTS)
+        single = ("rebuild", "segments", "api", "campaigns")
+        variants = ["on"] if args.only in single else list(VARIANTS)
         templates = prepare_templates(admin, variants, args.reuse_templates)
         if args.reuse_templates:  # kept for the next run
             admin.created = [n for n in admin.created if n not in templates.values()]
@@ -608,6 +631,10 @@ def main() -> int:
             figures["segments"] = run_segments(admin, templates["on"], args.segment_profiles, args)
         if args.only in (None, "api"):
             figures["api"] = run_api(admin, templates["on"], args)
+        if args.only in (None, "campaigns"):
+            figures["campaigns"] = run_campaigns(
+                admin, templates["on"], args.campaign_profiles, args
+            )
     except BenchError as exc:
         print(f"\nbench: {exc}", file=sys.stderr)
         status = 2

@@ -1,0 +1,699 @@
+"""Campaigns on PostgreSQL: scenarios measured on N generated profiles (default 1,000,000).
+
+Run by bench/run.py (``--only campaigns``) on a fresh copy of the migrated template database;
+usable by hand on any migrated database of the demo shop::
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/omnichannel_bench_x DJANGO_DEBUG=0 \\
+        python bench/campaigns.py --profiles 1000000 [--only fanout] [--json out.json]
+
+Scenarios live in ``SCENARIOS`` (name -> function of the parsed arguments, returning its
+figures); ``--only`` picks some. Each prints its headline against a baseline measured in the
+same run, and the data they share is generated once, set-based in SQL (INSERT ... SELECT
+generate_series): people with an email identity and a marketing consent for email, half of them
+with an account whose email holds the same address (in other case), a third with a best send
+hour, a tenth in another time zone.
+
+``fanout``: a mass campaign (email, then SMS three days later) fanned out to all N people:
+seconds until its Message rows exist (target 60 s for a million). Baselines, same run: the same
+fan-out on 100,000 of them (scaling), and with history rows; the Python path
+(reachability_many + bulk_create per batch of 500) on a sample; the engine's tick taking a
+sample enrolled at step 0 (what a mass campaign costs without the set-based first step). Before
+the main run, a few people are made unreachable the ways SQL must notice (withdrawn consent,
+suppressed address, capped by two recent contacts, quiet hours in New York), and afterwards a
+sample of the created messages is checked against ``reachability()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import django_env, run_script, setup_django
+
+FANOUT_TARGET_S = 60.0
+BASELINE_PROFILES = 100_000
+SAMPLE = 5_000
+PYTHON_BATCH = 500
+#: The fan-out's "now": a daytime hour (quiet hours are 21:00-08:00 in the shop's UTC).
+NOW = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
+#: NOW as a SQL literal, for the generators (segments_bench.insert_select's expressions take
+#: no parameters of their own).
+NOW_SQL = f"'{NOW.isoformat()}'::timestamptz"
+
+#: Scenario name -> function(args) -> figures. A second scenario (the engine's tick) is added
+#: by registering another function with @scenario("tick").
+SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {}
+
+
+def scenario(name: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    def register(func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        SCENARIOS[name] = func
+        return func
+
+    return register
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --- run by bench/run.py ------------------------------------------------------------------------
+
+
+def run_campaigns(admin, template: str, sizes: list[int], args) -> list[dict]:
+    """bench/run.py's part: per size a fresh copy of the template, this script in a subprocess."""
+    log("\n== Campaigns: a mass campaign fanned out (enrollments and first messages) ==")
+    results = []
+    for size in sizes:
+        name = admin.create(admin.name("campaigns"), template=template)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "campaigns.json"
+            log(f"  {size:,} profiles: generating data, then measuring (load {_load():.1f})...")
+            options = [f"--profiles={size}", f"--json={out}"]
+            if getattr(args, "campaign_scenarios", None):
+                options.append(f"--only={args.campaign_scenarios}")
+            run_script(
+                "campaigns.py",
+                options,
+                django_env(admin.url_of(name), omnichannel=True),
+                label=f"campaigns {size}",
+            )
+            result = json.loads(out.read_text())
+        admin.drop(name)
+        results.append(result)
+        report(result)
+    return results
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def report(result: dict[str, Any]) -> None:
+    data = result["data"]
+    log(
+        f"    data: {data['profiles']:,} profiles ({data['users']:,} with an account), "
+        f"generated in {data['generate_s']:.0f} s"
+    )
+    for name, figures in result["scenarios"].items():
+        REPORTS.get(name, _report_raw)(figures)
+
+
+def _report_raw(figures: dict[str, Any]) -> None:
+    log(f"    {json.dumps(figures, default=str)[:2000]}")
+
+
+def _report_fanout(f: dict[str, Any]) -> None:
+    main, base, py, engine = f["main"], f["baseline"], f["python_sample"], f["engine_sample"]
+    verdict = "met" if main["seconds"] <= FANOUT_TARGET_S else "MISSED"
+    log(
+        f"    fan-out of {main['audience']:,} people: {main['seconds']:.1f} s until the message "
+        f"rows exist (target {FANOUT_TARGET_S:.0f} s: {verdict}); {main['messages']:,} messages "
+        f"= {main['messages'] / main['seconds']:,.0f}/s, {main['enrollments']:,} enrollments, "
+        f"{main['left_to_engine']:,} left to the engine"
+    )
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in main["phases_s"].items())
+    log(
+        f"      {main['chunks']} chunks of {main['chunk_size']:,} profile ids (median "
+        f"{main['chunk_median_s']:.2f} s), "
+        + (f"phases: {phases}" if phases else "one statement each")
+    )
+    left = ", ".join(f"{k} {v:,}" for k, v in main["left_breakdown"].items())
+    log(f"      left to the engine: {left}")
+    scale = main["audience"] / base["audience"]
+    log(
+        f"    baseline, same fan-out on {base['audience']:,} people: {base['seconds']:.1f} s "
+        f"({base['messages']:,} messages); {scale:.0f}x the people took "
+        f"{main['seconds'] / base['seconds']:.1f}x the time"
+    )
+    hist = f.get("baseline_history")
+    if hist:
+        log(
+            f"    with the history rows the engine writes (EnrollmentLog, status changes), "
+            f"{hist['audience']:,} people: {hist['seconds']:.1f} s = "
+            f"{hist['seconds'] / base['seconds']:.2f}x the fan-out without them"
+        )
+    log(
+        f"    baseline, Python path (reachability_many + bulk_create, batches of {PYTHON_BATCH}) "
+        f"on {py['audience']:,} people: {py['seconds']:.1f} s = {py['per_s']:,.0f} people/s; "
+        f"at that rate {main['audience']:,} would take {main['audience'] / py['per_s']:,.0f} s = "
+        f"{main['audience'] / py['per_s'] / main['seconds']:.0f}x the set-based fan-out"
+    )
+    log(
+        f"    baseline, engine tick on {engine['audience']:,} enrolled at step 0: "
+        f"{engine['seconds']:.1f} s = {engine['per_s']:,.0f} enrollments/s ({engine['sent']:,} "
+        f"messages); at that rate {main['audience']:,} would take "
+        f"{main['audience'] / engine['per_s']:,.0f} s = "
+        f"{main['audience'] / engine['per_s'] / main['seconds']:.0f}x the set-based fan-out"
+    )
+    check = f["check"]
+    status = "ok" if not check["problems"] else f"{len(check['problems'])} PROBLEMS"
+    log(
+        f"    check: {check['checked']:,} sampled messages against reachability(): {status}"
+        + "".join(f"\n      {p}" for p in check["problems"][:10])
+    )
+
+
+REPORTS: dict[str, Callable[[dict[str, Any]], None]] = {"fanout": _report_fanout}
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def generate(n: int, seed: float) -> dict[str, Any]:
+    """N profiles with email identities and consents; half with accounts; best hours; zones.
+
+    ``orders_count`` marks the baselines' audiences: 2 for the first SAMPLE ids, 1 up to
+    BASELINE_PROFILES, 0 after.
+    """
+    from django.contrib.auth import get_user_model
+    from django.db import connection, transaction
+    from segments_bench import insert_select
+
+    from omnichannel.profiles.models import Consent, CustomerProfile, Identity
+    from omnichannel.segments.models import EngagementScore
+
+    User = get_user_model()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("SELECT setseed(%s)", [seed])
+        cursor.execute(
+            "CREATE TEMP TABLE bench_c AS SELECT i AS id, random() AS r_user, random() AS r_hour,"
+            " random() AS r_hour2, random() AS r_zone, random() AS r_lang "
+            "FROM generate_series(1, %s) i",
+            [n],
+        )
+        step = time.perf_counter()
+        users = insert_select(
+            User,
+            {
+                "id": "id",
+                "username": "'u' || id",
+                "email": "' P' || id || '@Bench.example'",  # normalised: p<id>@bench.example
+                "password": "'!'",
+                "date_joined": f"{NOW_SQL} - interval '400 days'",
+            },
+            "FROM bench_c WHERE r_user < .5",
+            [],
+        )
+        timings["users"] = time.perf_counter() - step
+        step = time.perf_counter()
+        insert_select(
+            CustomerProfile,
+            {
+                "id": "id",
+                "uuid": "md5('bench' || id)::uuid",
+                "user": "CASE WHEN r_user < .5 THEN id END",
+                "first_name": "'First' || id",
+                "language": "CASE WHEN r_lang < .1 THEN 'de' ELSE '' END",
+                "time_zone": "CASE WHEN r_zone < .05 THEN 'America/New_York' "
+                "WHEN r_zone < .1 THEN 'Asia/Tokyo' ELSE '' END",
+                "created_at": f"{NOW_SQL} - interval '500 days'",
+                "orders_count": f"CASE WHEN id <= {SAMPLE} THEN 2 "
+                f"WHEN id <= {BASELINE_PROFILES} THEN 1 ELSE 0 END",
+            },
+            "FROM bench_c",
+            [],
+        )
+        timings["profiles"] = time.perf_counter() - step
+        step = time.perf_counter()
+        insert_select(
+            Identity,
+            {
+                "profile": "id",
+                "kind": "'email'",
+                "value": "'p' || id || '@bench.example'",
+                "created_at": f"{NOW_SQL} - interval '300 days'",
+            },
+            "FROM bench_c",
+            [],
+        )
+        insert_select(
+            Consent,
+            {
+                "profile": "id",
+                "channel": "'email'",
+                "purpose": "'marketing'",
+                "granted": "true",
+                "source": "'web'",
+                "created_at": f"{NOW_SQL} - interval '200 days'",
+            },
+            "FROM bench_c",
+            [],
+        )
+        timings["identities_consents"] = time.perf_counter() - step
+        insert_select(
+            EngagementScore,
+            {
+                "profile": "id",
+                "preferred_channel": "'email'",
+                "best_hour": "CASE WHEN r_hour2 < .1 THEN floor(r_hour2 * 240)::int "
+                "ELSE 8 + floor(r_hour2 * 13)::int END",
+                "engaged_messages": "3",
+                "computed_at": NOW_SQL,
+            },
+            "FROM bench_c WHERE r_hour < .3",
+            [],
+        )
+        for model in (User, CustomerProfile, Identity, Consent):
+            table = model._meta.db_table
+            cursor.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
+                f"(SELECT max(id) FROM {table}))"
+            )
+        cursor.execute("DROP TABLE bench_c")
+    _analyze()
+    return {
+        "profiles": n,
+        "users": users,
+        "generate_s": time.perf_counter() - started,
+        "generate_phases_s": timings,
+    }
+
+
+def make_unreachable(n: int, seed: float) -> dict[str, int]:
+    """The people SQL must leave to the engine: withdrawn consent (1 %), a suppressed address
+    (1 %), two recent marketing contacts (2 %: the day's cap of 2)."""
+    from django.db import connection, transaction
+    from segments_bench import insert_select
+
+    from omnichannel.channels.models import Message, Suppression
+    from omnichannel.profiles.models import Consent
+
+    counts = {}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("SELECT setseed(%s)", [seed])
+        cursor.execute(
+            "CREATE TEMP TABLE bench_u AS SELECT i AS id, random() AS r "
+            "FROM generate_series(1, %s) i",
+            [n],
+        )
+        counts["withdrawn"] = insert_select(
+            Consent,
+            {
+                "profile": "id",
+                "channel": "'email'",
+                "purpose": "'marketing'",
+                "granted": "false",
+                "source": "'web'",
+                "created_at": f"{NOW_SQL} - interval '10 days'",
+            },
+            "FROM bench_u WHERE r < .01",
+            [],
+        )
+        counts["suppressed"] = insert_select(
+            Suppression,
+            {
+                "channel": "'email'",
+                "address": "'p' || id || '@bench.example'",
+                "reason": "'bounced'",
+                "created_at": NOW_SQL,
+            },
+            "FROM bench_u WHERE r >= .01 AND r < .02",
+            [],
+        )
+        counts["capped"] = (
+            insert_select(
+                Message,
+                {
+                    "uuid": "md5('recent' || id || '-' || k)::uuid",
+                    "profile": "id",
+                    "channel": "'email'",
+                    "purpose": "'marketing'",
+                    "address": "'p' || id || '@bench.example'",
+                    "status": "'delivered'",
+                    "status_changed_at": f"{NOW_SQL} - k * interval '2 hours'",
+                    "created_at": f"{NOW_SQL} - k * interval '2 hours'",
+                },
+                "FROM bench_u CROSS JOIN generate_series(1, 2) k WHERE r >= .02 AND r < .04",
+                [],
+            )
+            // 2
+        )
+        cursor.execute("DROP TABLE bench_u")
+    _analyze()
+    return counts
+
+
+def _analyze() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+
+
+def _truncate_campaign_rows() -> None:
+    """Remove what the baselines wrote (messages, enrollments and their history)."""
+    from django.db import connection
+
+    from omnichannel.campaigns.models import Enrollment, EnrollmentLog
+    from omnichannel.channels.models import Message, MessageStatusChange, OutboxEntry
+
+    tables = [m._meta.db_table for m in (EnrollmentLog, MessageStatusChange, OutboxEntry)]
+    tables += [Message._meta.db_table, Enrollment._meta.db_table]
+    with connection.cursor() as cursor:
+        # CASCADE: suppressions point at messages; none exist yet when this runs.
+        cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+
+
+# --- fanout -------------------------------------------------------------------------------------
+
+
+def _segment(name: str, min_orders: int | None):
+    from omnichannel.segments.models import Segment
+
+    children = []
+    if min_orders is not None:
+        children = [{"type": "orders_count", "negate": False, "params": {"min": min_orders}}]
+    rules = {"op": "all", "negate": False, "children": children}
+    return Segment.objects.create(name=name, rules=rules)
+
+
+def _campaign(name: str, audience, **fields):
+    from omnichannel.campaigns.models import Campaign, CampaignKind, CampaignStatus, Step
+
+    campaign = Campaign.objects.create(
+        name=name,
+        kind=CampaignKind.MASS,
+        status=CampaignStatus.ACTIVE,
+        audience=audience,
+        **fields,
+    )
+    for position, (channel, wait) in enumerate(
+        [("email", timedelta(0)), ("sms", timedelta(days=3))], start=1
+    ):
+        Step.objects.create(
+            campaign=campaign,
+            position=position,
+            channel=channel,
+            wait=wait,
+            template="spring_sale",
+            content={channel: {"subject.txt": "Spring sale", "body.txt": "Hello {{ first_name }}"}},
+        )
+    return campaign
+
+
+class PhaseTimer:
+    """Wraps functions of a module and adds up the seconds spent in each."""
+
+    def __init__(self, module: Any, names: list[str]) -> None:
+        self.module, self.seconds = module, dict.fromkeys(names, 0.0)
+        self.calls: dict[str, list[float]] = {name: [] for name in names}
+        self.saved = {name: getattr(module, name) for name in names}
+
+    def __enter__(self) -> PhaseTimer:
+        for name, func in self.saved.items():
+            setattr(self.module, name, self._wrap(name, func))
+        return self
+
+    def _wrap(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - start
+                self.seconds[name] += spent
+                self.calls[name].append(spent)
+
+        return timed
+
+    def __exit__(self, *exc: object) -> None:
+        for name, func in self.saved.items():
+            setattr(self.module, name, func)
+
+
+def _fan_out_timed(campaign, *, history: bool = False) -> dict[str, Any]:
+    from omnichannel.campaigns import fanout
+    from omnichannel.campaigns.models import Enrollment
+    from omnichannel.channels.models import Message
+
+    phases = [
+        "fan_out_chunk",
+        "_insert_enrollments",
+        "_insert_messages",
+        "_advance_enrollments",
+        "_insert_history",
+    ]
+    with PhaseTimer(fanout, phases) as timer:
+        start = time.perf_counter()
+        enrolled = fanout.fan_out(campaign, now=NOW, history=history)
+        seconds = time.perf_counter() - start
+    messages = Message.objects.filter(campaign=campaign).count()
+    chunks = timer.calls["fan_out_chunk"]
+    return {
+        "seconds": seconds,
+        "audience": enrolled,
+        "enrollments": Enrollment.objects.filter(campaign=campaign).count(),
+        "messages": messages,
+        "left_to_engine": Enrollment.objects.filter(campaign=campaign, step_position=0).count(),
+        "chunks": len(chunks),
+        "chunk_size": fanout.chunk_size(),
+        "chunk_median_s": statistics.median(chunks) if chunks else 0.0,
+        # Only the portable path has phases; PostgreSQL does each chunk in one statement.
+        "phases_s": {
+            name.strip("_").replace("insert_", "").replace("_enrollments", ""): timer.seconds[name]
+            for name in phases[1:]
+            if timer.calls[name]
+        },
+    }
+
+
+def _python_path(campaign) -> dict[str, Any]:
+    """What code without set-based SQL does: per batch of 500, load the people, ask the
+    channel who it reaches (reachability_many), bulk_create enrollments, messages and their
+    history."""
+    from django.conf import settings
+    from django.db import transaction
+
+    from omnichannel.campaigns.models import (
+        Enrollment,
+        EnrollmentAction,
+        EnrollmentLog,
+        EnrollmentState,
+    )
+    from omnichannel.channels.models import Message, MessageStatus, MessageStatusChange
+    from omnichannel.channels.registry import get_channel
+    from omnichannel.profiles.models import CustomerProfile
+
+    backend = get_channel("email")
+    step = campaign.steps.get(position=1)
+    second = campaign.steps.get(position=2)
+    start = time.perf_counter()
+    ids = list(campaign.audience.queryset(now=NOW).order_by("pk").values_list("pk", flat=True))
+    for first in range(0, len(ids), PYTHON_BATCH):
+        batch = ids[first : first + PYTHON_BATCH]
+        with transaction.atomic():
+            profiles = list(CustomerProfile.objects.filter(pk__in=batch).select_related("user"))
+            reach = backend.reachability_many(profiles, campaign.purpose)
+            Enrollment.objects.bulk_create(
+                [
+                    Enrollment(
+                        campaign=campaign,
+                        profile=p,
+                        state=EnrollmentState.ACTIVE,
+                        step_position=1 if reach[p.pk].ok else 0,
+                        next_due_at=NOW + second.wait if reach[p.pk].ok else NOW,
+                        last_message_at=NOW if reach[p.pk].ok else None,
+                        enrolled_at=NOW,
+                    )
+                    for p in profiles
+                ],
+                ignore_conflicts=True,
+            )
+            enrollments = dict(
+                Enrollment.objects.filter(campaign=campaign, profile_id__in=batch).values_list(
+                    "profile_id", "pk"
+                )
+            )
+            messages = Message.objects.bulk_create(
+                [
+                    Message(
+                        profile=p,
+                        campaign=campaign,
+                        enrollment_id=enrollments[p.pk],
+                        step=step,
+                        channel=backend.name,
+                        purpose=campaign.purpose,
+                        address=reach[p.pk].address,
+                        template=step.template,
+                        language=p.language or settings.LANGUAGE_CODE,
+                        tags=[f"campaign:{campaign.pk}"],
+                        currency=backend.currency,
+                        cost=backend.cost,
+                        needs_render=True,
+                        status=MessageStatus.QUEUED,
+                        status_changed_at=NOW,
+                        created_at=NOW,
+                        queued_at=NOW,
+                        next_attempt_at=NOW,
+                    )
+                    for p in profiles
+                    if reach[p.pk].ok
+                ]
+            )
+            MessageStatusChange.objects.bulk_create(
+                [
+                    MessageStatusChange(
+                        message=m, status="queued", occurred_at=NOW, recorded_at=NOW
+                    )
+                    for m in messages
+                ]
+            )
+            EnrollmentLog.objects.bulk_create(
+                [
+                    EnrollmentLog(enrollment_id=pk, at=NOW, action=EnrollmentAction.ENROLLED)
+                    for pk in enrollments.values()
+                ]
+                + [
+                    EnrollmentLog(
+                        enrollment_id=m.enrollment_id,
+                        at=NOW,
+                        action=EnrollmentAction.SENT,
+                        message=m,
+                    )
+                    for m in messages
+                ]
+            )
+    seconds = time.perf_counter() - start
+    return {"audience": len(ids), "seconds": seconds, "per_s": len(ids) / seconds}
+
+
+def _engine_path(campaign) -> dict[str, Any]:
+    """Enroll at step 0 only, then let the engine's tick create the messages."""
+    from omnichannel.campaigns import fanout
+    from omnichannel.campaigns.engine import tick
+
+    enrolled = fanout.fan_out(campaign, now=NOW, direct_messages=False)
+    start = time.perf_counter()
+    sent = 0
+    while True:
+        result = tick(now=NOW, dispatch=False)
+        sent += result.sent
+        if not result.claimed:
+            break
+    seconds = time.perf_counter() - start
+    return {"audience": enrolled, "seconds": seconds, "per_s": enrolled / seconds, "sent": sent}
+
+
+def _check(campaign, size: int, seed: float) -> dict[str, Any]:
+    """Compare a sample of the fan-out's messages with reachability(), and a sample of the
+    people left at step 0 with reachability_many (they must be unreachable, capped, quiet, or
+    an address SQL could not vouch for)."""
+    from omnichannel.campaigns.models import Enrollment
+    from omnichannel.channels.models import Message
+    from omnichannel.channels.registry import get_channel
+
+    rng = random.Random(seed)
+    backend = get_channel("email")
+    ids = list(
+        Message.objects.filter(campaign=campaign).order_by("pk").values_list("pk", flat=True)
+    )
+    problems = []
+    sample = rng.sample(ids, min(size, len(ids)))
+    messages = Message.objects.filter(pk__in=sample).select_related("profile", "profile__user")
+    profiles = [m.profile for m in messages]
+    reach = backend.reachability_many(profiles, campaign.purpose)
+    for message in messages:
+        expected = backend.reachability(message.profile, campaign.purpose)
+        if expected != reach[message.profile_id]:
+            problems.append(f"profile {message.profile_id}: many {reach[message.profile_id]}")
+        if not expected.ok or expected.address != message.address:
+            problems.append(f"message {message.pk} to {message.address!r}: {expected}")
+    left = list(
+        Enrollment.objects.filter(campaign=campaign, step_position=0)
+        .select_related("profile", "profile__user")
+        .order_by("?")[:size]
+    )
+    left_reach = backend.reachability_many([e.profile for e in left], campaign.purpose)
+    reasons: dict[str, int] = {}
+    for enrollment in left:
+        found = left_reach[enrollment.profile_id]
+        key = found.reason.split(" (")[0] if found.reason else _why_left(enrollment.profile)
+        reasons[key] = reasons.get(key, 0) + 1
+    return {"checked": len(sample), "problems": problems, "left_sample": reasons}
+
+
+def _why_left(profile) -> str:
+    if profile.time_zone == "America/New_York":
+        return "quiet hours (New York)"
+    return "reachable, held back (caps)"
+
+
+@scenario("fanout")
+def bench_fanout(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    sample = _segment("Bench sample", 2)
+    baseline = _segment("Bench baseline", 1)
+    everyone = _segment("Bench everyone", None)
+    log(f"    Python path on the sample ({SAMPLE:,})...")
+    python_campaign = _campaign("Python path", sample)
+    figures["python_sample"] = _python_path(python_campaign)
+    # Launched, so the engine's tick below does not start a fan-out of it.
+    type(python_campaign).objects.filter(pk=python_campaign.pk).update(launched_at=NOW)
+    log(f"    engine tick on the sample ({SAMPLE:,})...")
+    figures["engine_sample"] = _engine_path(_campaign("Engine path", sample))
+    _truncate_campaign_rows()
+    _analyze()
+    size = min(BASELINE_PROFILES, args.profiles)
+    log(f"    fan-out of {size:,} (baseline)...")
+    figures["baseline"] = _fan_out_timed(_campaign("Baseline fan-out", baseline))
+    _truncate_campaign_rows()
+    log(f"    fan-out of {size:,} with history rows...")
+    figures["baseline_history"] = _fan_out_timed(
+        _campaign("Baseline fan-out with history", baseline), history=True
+    )
+    _truncate_campaign_rows()
+    figures["unreachable"] = make_unreachable(args.profiles, args.seed)
+    log(f"    fan-out of {args.profiles:,} (load {_load():.1f})...")
+    main = _fan_out_timed(_campaign("Main fan-out", everyone))
+    figures["main"] = main
+    check = _check(everyone.campaigns.get(), 2000, args.seed)
+    main["left_breakdown"] = check.pop("left_sample")
+    figures["check"] = check
+    return figures
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=float, default=0.42)
+    parser.add_argument(
+        "--only", help=f"comma-separated scenarios (default all: {', '.join(SCENARIOS)})"
+    )
+    parser.add_argument("--json", help="write the results here (default: stdout)")
+    args = parser.parse_args()
+    names = [s.strip() for s in (args.only or ",".join(SCENARIOS)).split(",") if s.strip()]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; known: {sorted(SCENARIOS)}")
+    setup_django()
+    result: dict[str, Any] = {"data": generate(args.profiles, args.seed), "scenarios": {}}
+    for name in names:
+        log(f"  scenario {name}:")
+        result["scenarios"][name] = SCENARIOS[name](args)
+    text = json.dumps(result, default=str)
+    if args.json:
+        Path(args.json).write_text(text)
+    report(result)
+
+
+if __name__ == "__main__":
+    main()
