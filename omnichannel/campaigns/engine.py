@@ -197,8 +197,11 @@ class Planner:
         self.steps = self._load_steps()
         self.channels = self._load_channels()
         self.messages = self._load_messages()
+        #: Enrollments whose campaign could not be evaluated (a trigger or segment failed):
+        #: deferred with the error, so one broken campaign does not stop the others.
+        self.broken: dict[int, str] = {}
         self.converted = goals.converted(self.enrollments)
-        self.items = goals.remaining_items(self.enrollments)
+        self.items = goals.remaining_items(self.enrollments, errors=self.broken)
         self.members, self.excluded = self._load_segments()
         self._reach: dict[tuple[str, str], dict[int, Reach]] = {}
         self._engagement: dict[tuple[int, str], tuple[int, int]] | None = None
@@ -250,19 +253,24 @@ class Planner:
             profiles_by_campaign[e.campaign_id].add(e.profile_id)
         for campaign_id, profile_ids in profiles_by_campaign.items():
             campaign = self.campaigns[campaign_id]
-            if campaign.audience_id:
-                members[campaign_id] = set(
-                    campaign.audience.queryset(now=self.now)
-                    .filter(pk__in=profile_ids)
-                    .values_list("pk", flat=True)
-                )
-            if campaign.exclusion_id:
-                excluded[campaign_id] = set(
-                    campaign.exclusion.queryset(now=self.now)
-                    .filter(pk__in=profile_ids)
-                    .values_list("pk", flat=True)
-                )
+            try:
+                with transaction.atomic():  # a failed query must not poison the batch's
+                    if campaign.audience_id:
+                        members[campaign_id] = self._members(campaign.audience, profile_ids)
+                    if campaign.exclusion_id:
+                        excluded[campaign_id] = self._members(campaign.exclusion, profile_ids)
+            except Exception as exc:  # a broken segment stops only its campaign
+                logger.exception("campaign %s: its segments could not be evaluated", campaign_id)
+                why = f"its segments could not be evaluated: {type(exc).__name__}"
+                for e in self.enrollments:
+                    if e.campaign_id == campaign_id:
+                        self.broken[e.pk] = why
         return members, excluded
+
+    def _members(self, segment: Any, profile_ids: set[int]) -> set[int]:
+        return set(
+            segment.queryset(now=self.now).filter(pk__in=profile_ids).values_list("pk", flat=True)
+        )
 
     def reach(self, channel: str, purpose: str, profile: CustomerProfile) -> Reach:
         """Whether ``channel`` reaches the person; computed for the whole batch at first use."""
@@ -347,6 +355,10 @@ class Planner:
     def decide(self, enrollment: Enrollment) -> Decision:
         """What to do with ``enrollment`` now; writes nothing."""
         campaign = enrollment.campaign
+        if enrollment.pk in self.broken:
+            decision = Decision("defer", at=self.now + timedelta(minutes=15))
+            decision.say(f"not evaluated: {self.broken[enrollment.pk]}; tried again in 15 minutes")
+            return decision
         exit_reason = self._exit_reason(enrollment)
         if exit_reason:
             decision = Decision("exit", exit_reason=exit_reason[0])
@@ -561,7 +573,8 @@ class Planner:
                 held.action, held.exit_reason = "exit", ExitReason.CAPPED
                 held.say("the campaign drops what a cap holds back")
                 return held
-            oldest = min((c.first_at for c in in_window), default=self.now)
+            # Held only for higher-priority enrollments: look again once they had their turn.
+            oldest = min((c.first_at for c in in_window), default=self.now - window)
             held.at = max(oldest + window, self.now + timedelta(hours=1))
             held.say(f"delayed to {held.at:%Y-%m-%d %H:%M} UTC")
             return held
@@ -591,7 +604,9 @@ def claim_due_enrollments(*, now: datetime, limit: int) -> list[Enrollment]:
         due.filter(pk__in=chosen).update(claimed_by=token, claim_expires_at=lease)
     return list(
         Enrollment.objects.filter(claimed_by=token, state=EnrollmentState.ACTIVE)
-        .select_related("campaign", "profile", "profile__user")
+        .select_related(
+            "campaign", "campaign__audience", "campaign__exclusion", "profile", "profile__user"
+        )
         .order_by("-campaign__priority", "next_due_at", "id")
     )
 
@@ -604,12 +619,18 @@ def advance(enrollments: Sequence[Enrollment], *, now: datetime) -> TickResult:
     planner = Planner(enrollments, now=now)
     decisions = [(e, planner.decide(e)) for e in enrollments]
     with transaction.atomic():
+        # Still ours, still active, still this person's (a merge may have ended or moved it
+        # since the claim): anything else is left as the other writer made it.
         mine = set(
             Enrollment.objects.select_for_update()
-            .filter(pk__in=[e.pk for e in enrollments], claimed_by=enrollments[0].claimed_by)
-            .values_list("pk", flat=True)
+            .filter(
+                pk__in=[e.pk for e in enrollments],
+                claimed_by=enrollments[0].claimed_by,
+                state=EnrollmentState.ACTIVE,
+            )
+            .values_list("pk", "profile_id")
         )
-        decisions = [(e, d) for e, d in decisions if e.pk in mine]
+        decisions = [(e, d) for e, d in decisions if (e.pk, e.profile_id) in mine]
         messages = _create_messages(decisions, now=now)
         logs: list[EnrollmentLog] = []
         for enrollment, decision in decisions:
@@ -619,8 +640,9 @@ def advance(enrollments: Sequence[Enrollment], *, now: datetime) -> TickResult:
                 "defer": "deferred",
                 "exit": "exited",
                 "complete": "completed",
-            }[decision.action]
-            setattr(result, counter, getattr(result, counter) + 1)
+            }.get(decision.action)
+            if counter:
+                setattr(result, counter, getattr(result, counter) + 1)
         Enrollment.objects.bulk_update(
             [e for e, _ in decisions],
             [
@@ -716,11 +738,27 @@ def _apply(
         enrollment.step_position = max(enrollment.step_position, step.position)
         logs.append(_log(enrollment, EnrollmentAction.SKIPPED, now, step, channel, why))
     detail = "; ".join(decision.reasons)
-    if decision.action == "send" and message is None:
-        # The row already existed (another run sent this step): treat the step as done.
-        decision.action = "defer"
-        decision.at = now + timedelta(minutes=1)
-        detail = "this step's message already exists; not sent again"
+    if decision.action == "send" and message is None and decision.step is not None:
+        # The row already existed (another run sent this step, or staff renumbered the steps):
+        # the step is done; nothing is sent again and the cascade moves on.
+        enrollment.step_position = decision.step.position
+        logs.append(
+            _log(
+                enrollment,
+                EnrollmentAction.SKIPPED,
+                now,
+                decision.step,
+                decision.channel,
+                "this step's message already exists; not sent again",
+            )
+        )
+        if decision.next_due_at is None:
+            _end(enrollment, EnrollmentState.COMPLETED, ExitReason.COMPLETED, now)
+            logs.append(_log(enrollment, EnrollmentAction.COMPLETED, now, None, "", ""))
+        else:
+            enrollment.next_due_at = decision.next_due_at
+        decision.action = "skipped"
+        return
     if decision.action == "send" and decision.step is not None and message is not None:
         enrollment.step_position = decision.step.position
         enrollment.last_message_at = now
@@ -802,7 +840,12 @@ def tick(
         claimed = claim_due_enrollments(now=now, limit=size)
         if not claimed:
             break
-        result = advance(claimed, now=now)
+        try:
+            result = advance(claimed, now=now)
+        except Exception:  # rolled back; retried when its claim expires
+            logger.exception("campaign tick: a batch of %d enrollments failed", len(claimed))
+            total.batches += 1
+            continue
         total.batches += 1
         for name in ("claimed", "sent", "deferred", "exited", "completed"):
             setattr(total, name, getattr(total, name) + getattr(result, name))

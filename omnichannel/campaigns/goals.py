@@ -6,14 +6,19 @@ Every function works on a batch with a fixed number of queries.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+
+from django.db import transaction
 
 from ..profiles.models import Event, EventType
 from ..segments.models import PurchasedProduct
 from .models import Enrollment, ExitReason
 from .triggers import registry
+
+logger = logging.getLogger("omnichannel.campaigns")
 
 
 def trigger_of(enrollment: Enrollment):  # type: ignore[no-untyped-def]
@@ -22,12 +27,15 @@ def trigger_of(enrollment: Enrollment):  # type: ignore[no-untyped-def]
     return registry[key] if key and key in registry else None
 
 
-def remaining_items(enrollments: Sequence[Enrollment]) -> dict[int, list[int] | ExitReason]:
+def remaining_items(
+    enrollments: Sequence[Enrollment], *, errors: dict[int, str] | None = None
+) -> dict[int, list[int] | ExitReason]:
     """Item reminders: enrollment pk -> products still to remind about, or why it is over.
 
     The trigger says what the subject holds now (a basket's lines, a wishlist); products the
     person bought since enrolling, online or offline, are dropped. Enrollments of triggers that
-    do not remind about items are left out.
+    do not remind about items are left out. With ``errors``, a trigger that fails is logged and
+    its enrollments go there (pk -> why) instead of failing the whole batch.
     """
     by_trigger: dict[str, list[Enrollment]] = defaultdict(list)
     for enrollment in enrollments:
@@ -36,7 +44,16 @@ def remaining_items(enrollments: Sequence[Enrollment]) -> dict[int, list[int] | 
             by_trigger[trigger.key].append(enrollment)
     current: dict[int, list[int] | ExitReason] = {}
     for key, group in by_trigger.items():
-        found = registry[key].current_items(group)
+        if errors is None:
+            found = registry[key].current_items(group)
+        else:
+            try:
+                with transaction.atomic():  # a failed query must not poison the caller's
+                    found = registry[key].current_items(group)
+            except Exception as exc:  # one broken trigger, not the whole tick
+                logger.exception("trigger %s: current_items failed", key)
+                errors.update({e.pk: f"trigger {key} failed: {type(exc).__name__}" for e in group})
+                continue
         for enrollment in group:
             # A trigger that says nothing about an enrollment: its subject is gone.
             current[enrollment.pk] = found.get(enrollment.pk, ExitReason.SUBJECT_GONE)
@@ -95,7 +112,7 @@ def converted(enrollments: Sequence[Enrollment]) -> set[int]:
             candidates.append(enrollment)
     if not candidates:
         return set()
-    since = min(e.enrolled_at for e in candidates)
+    since = min(_since(e) for e in candidates)
     latest: dict[int, datetime] = {}
     rows = Event.objects.filter(
         profile_id__in={e.profile_id for e in candidates},
@@ -105,6 +122,11 @@ def converted(enrollments: Sequence[Enrollment]) -> set[int]:
     for profile_id, occurred_at in rows:
         if profile_id not in latest or occurred_at > latest[profile_id]:
             latest[profile_id] = occurred_at
-    return {
-        e.pk for e in candidates if e.profile_id in latest and latest[e.profile_id] > e.enrolled_at
-    }
+    # The trigger's own moment counts too: an order event stamped a little ahead (a till's
+    # clock) must not convert the thank-you it triggered.
+    return {e.pk for e in candidates if e.profile_id in latest and latest[e.profile_id] > _since(e)}
+
+
+def _since(enrollment: Enrollment) -> datetime:
+    activity = enrollment.last_activity_at
+    return max(enrollment.enrolled_at, activity) if activity else enrollment.enrolled_at

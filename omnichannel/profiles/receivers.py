@@ -125,8 +125,10 @@ def receive_basket_addition(sender: Any, product: Any, user: Any, request: Any, 
 @receiver(post_init, sender=BasketLine, dispatch_uid="omnichannel.basket_line_init")
 def remember_loaded_quantity(sender: Any, instance: Any, **kwargs: Any) -> None:
     # Lets post_save tell a real quantity change from any other save of the line, no query.
-    instance._omnichannel_quantity = instance.quantity
-    instance._omnichannel_basket_id = instance.basket_id
+    # Read from __dict__: a deferred field (Line.objects.only(...)) must not be loaded here, as
+    # loading it would run post_init again.
+    instance._omnichannel_quantity = instance.__dict__.get("quantity")
+    instance._omnichannel_basket_id = instance.__dict__.get("basket_id")
 
 
 @receiver(post_save, sender=BasketLine, dispatch_uid="omnichannel.basket_line_saved")
@@ -136,7 +138,8 @@ def receive_basket_line_saved(sender: Any, instance: Any, created: bool, **kwarg
         return
     # A line moved to another basket (Oscar merges the visitor's basket into the customer's
     # at login) is an addition to that basket: its reminder must follow the items.
-    moved = not created and instance._omnichannel_basket_id != instance.basket_id
+    loaded_basket_id = instance._omnichannel_basket_id
+    moved = not created and loaded_basket_id is not None and loaded_basket_id != instance.basket_id
     previous = None if created or moved else instance._omnichannel_quantity
     instance._omnichannel_quantity = instance.quantity
     instance._omnichannel_basket_id = instance.basket_id

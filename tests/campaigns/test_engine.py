@@ -312,3 +312,50 @@ def test_the_first_steps_wait_counts_from_the_triggers_due_time_once():
     enrollment.refresh_from_db()
     assert messages(enrollment) == ["email"]
     assert enrollment.next_due_at == NOON + timedelta(minutes=30, hours=4)
+
+
+def test_a_broken_trigger_defers_its_campaign_and_the_others_still_send(temporary_trigger):
+    from omnichannel.campaigns.triggers import Trigger
+
+    @temporary_trigger
+    class Broken(Trigger):
+        key = "broken_for_test"
+        reminds_items = True
+
+        def current_items(self, enrollments):
+            raise RuntimeError("the shop's trigger has a bug")
+
+    profile = person()
+    broken = enroll(campaign(*CASCADE, name="Broken", trigger="broken_for_test"), profile)
+    healthy = enroll(campaign(*CASCADE, name="Healthy"), person())
+    tick(now=NOON, dispatch=False)
+    healthy.refresh_from_db()
+    broken.refresh_from_db()
+    assert messages(healthy) == ["email"]
+    assert messages(broken) == []
+    assert broken.next_due_at == NOON + timedelta(minutes=15)
+    assert "broken_for_test failed" in broken.log.get(action="deferred").detail
+
+
+def test_a_step_whose_message_exists_already_is_passed_not_retried_forever():
+    made = campaign(*CASCADE)
+    enrollment = enroll(made, person())
+    tick(now=NOON, dispatch=False)
+    # Staff renumber the steps: the sent email's step now comes after the SMS.
+    Step.objects.filter(campaign=made, position=1).update(position=3)
+    tick(now=NOON + timedelta(hours=4), dispatch=False)  # the SMS (now position 2)
+    tick(now=NOON + timedelta(hours=8), dispatch=False)  # "step 3": its message exists
+    enrollment.refresh_from_db()
+    assert messages(enrollment) == ["email", "sms"]
+    assert enrollment.state == EnrollmentState.COMPLETED
+    assert "already exists" in enrollment.log.filter(action="skipped").last().detail
+
+
+def test_an_order_stamped_a_little_ahead_does_not_convert_the_enrollment_it_triggered():
+    profile = person()
+    enrollment = enroll(campaign(*CASCADE), profile)
+    ahead = enrollment.enrolled_at + timedelta(minutes=2)  # the till's clock runs fast
+    Enrollment.objects.filter(pk=enrollment.pk).update(last_activity_at=ahead)
+    Event.objects.create(type=EventType.ORDER_PLACED, profile=profile, occurred_at=ahead)
+    tick(now=NOON, dispatch=False)
+    assert messages(enrollment) == ["email"]

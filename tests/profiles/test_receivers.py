@@ -145,3 +145,15 @@ def test_a_first_view_without_our_cookie_is_not_recorded(client):
     assert not Event.objects.exists()
     shop.view_product(client, product)  # a browser comes back with the cookie
     assert Event.objects.get().type == EventType.PRODUCT_VIEWED
+
+
+@pytest.mark.django_db
+def test_basket_lines_loaded_with_deferred_fields_load_and_save(client):
+    # Our post_init receiver must not read deferred fields (that reloads, runs post_init again).
+    shop.add_to_basket(client, shop.create_product())
+    Line = get_model("basket", "Line")
+    for fields in (("quantity",), ("basket_id",), ("id",)):
+        line = Line.objects.only(*fields).get()
+        line.quantity = 3
+        line.save()
+    assert Line.objects.get().quantity == 3
