@@ -178,7 +178,15 @@ def plan_fan_out(
     for bucket, due in due_times.items():
         # As the engine would: the first step's own wait after the due time, then its best hour.
         at = due + step.wait
-        plan.message_times[bucket] = next_hour(at, _hour_of(bucket), zone) if step.best_hour else at
+        send_at = next_hour(at, _hour_of(bucket), zone) if step.best_hour else at
+        # Only messages that go now are made here: one made now for a later hour would go even
+        # if the person orders, leaves the segment or the campaign is paused meanwhile. The
+        # engine makes those when they are due, after checking all that.
+        if send_at <= now:
+            plan.message_times[bucket] = send_at
+    if not plan.message_times:
+        plan.why_not_direct = "every first message goes later: the engine makes each when due"
+        return plan
     plan.backend = get_channels()[step.channel]
     return plan
 
@@ -502,6 +510,8 @@ def _reachable(plan: FanOutPlan, *, after: int, upto: int) -> QuerySet[Any] | No
     reachable = reachable.annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan))
     for held in _held_back(plan):
         reachable = reachable.filter(~held)
+    if len(plan.message_times) < len(plan.due_times):  # the others go later, by the engine
+        reachable = reachable.filter(fo_hour__in=sorted(plan.message_times))
     quiet = _quiet_condition(plan, after=after, upto=upto)
     if quiet is not None:
         reachable = reachable.exclude(quiet)

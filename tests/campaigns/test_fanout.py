@@ -297,13 +297,18 @@ def test_best_hour_picks_each_persons_next_hour_in_shop_time(settings):
     for profile, at in expected.items():
         enrollment = enrollment_of(campaign, profile)
         message = message_of(campaign, profile)
-        if profile in (night, new_york):
+        if profile is not now_hour:
+            # Later hours (and quiet ones) are the engine's: it makes the message when due,
+            # after checking that the person has not ordered or left meanwhile.
             assert message is None, profile.first_name
             assert (enrollment.step_position, enrollment.next_due_at) == (0, at)
             continue
         assert message.next_attempt_at == at, profile.first_name
         assert enrollment.last_message_at == at
         assert enrollment.next_due_at == at + timedelta(days=3)
+
+    tick(now=expected[later], dispatch=False)
+    assert message_of(campaign, later).created_at == expected[later]
 
 
 def test_the_first_steps_wait_and_best_hour_count_like_the_engines(settings):
@@ -313,9 +318,12 @@ def test_the_first_steps_wait_and_best_hour_count_like_the_engines(settings):
     Step.objects.filter(campaign=campaign).update(best_hour=True)
     fan_out(campaign, now=NOW)
     # Due now (no best hour for the campaign); the step waits 2 h (12:00 Berlin), then holds
-    # for 18:00 Berlin.
+    # for 18:00 Berlin: the engine makes the message then.
+    assert message_of(campaign, profile) is None
+    for hour in (NOW, NOW + timedelta(hours=2), datetime(2026, 3, 16, 17, tzinfo=UTC)):
+        tick(now=hour, dispatch=False)
     assert enrollment_of(campaign, profile).state == EnrollmentState.COMPLETED
-    assert message_of(campaign, profile).next_attempt_at == datetime(2026, 3, 16, 17, tzinfo=UTC)
+    assert message_of(campaign, profile).created_at == datetime(2026, 3, 16, 17, tzinfo=UTC)
 
 
 # --- direct messages ---------------------------------------------------------------------------
