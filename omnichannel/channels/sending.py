@@ -34,7 +34,7 @@ from ..exceptions import (
 )
 from ..profiles.models import CustomerProfile, Purpose
 from ..signals import pre_send
-from .base import BaseChannel, SendResult
+from .base import BaseChannel, Reach, SendResult
 from .models import ChannelThrottle, Message, MessageStatus, MessageStatusChange
 from .registry import get_channel
 from .status import record_status
@@ -252,7 +252,8 @@ def _deliver_claimed(name: str, messages: list[Message], *, now: datetime) -> No
         from ..campaigns.content import render_pending_messages
 
         messages = render_pending_messages(backend, messages, now=now)
-    sendable = [m for m in messages if _still_allowed(backend, m, now=now)]
+    reach = _reach_of(backend, messages)
+    sendable = [m for m in messages if _still_allowed(backend, m, now=now, reach=reach)]
     size = max(backend.batch_size, 1)
     for start in range(0, len(sendable), size):
         batch = _renew_lease(sendable[start : start + size])
@@ -315,15 +316,35 @@ def _requeue_after_throttle(message: Message, error: RateLimited, *, until: date
     )
 
 
-def _still_allowed(backend: BaseChannel, message: Message, *, now: datetime) -> bool:
+def _reach_of(backend: BaseChannel, messages: list[Message]) -> dict[tuple[str, int], Reach]:
+    """(purpose, profile pk) -> reachability, for a whole claim in a few queries."""
+    found: dict[tuple[str, int], Reach] = {}
+    by_purpose: dict[str, dict[int, CustomerProfile]] = defaultdict(dict)
+    for message in messages:
+        if message.profile is not None:
+            by_purpose[message.purpose][message.profile.pk] = message.profile
+    for purpose, profiles in by_purpose.items():
+        for pk, reach in backend.reachability_many(list(profiles.values()), purpose).items():
+            found[(purpose, pk)] = reach
+    return found
+
+
+def _still_allowed(
+    backend: BaseChannel,
+    message: Message,
+    *,
+    now: datetime,
+    reach: dict[tuple[str, int], Reach] | None = None,
+) -> bool:
     """Consent and suppression are checked again at send time: they may have changed."""
     reason = ""
     if message.profile is None:
         reason = "the person's profile was erased"
     else:
-        reach = backend.reachability(message.profile, message.purpose)
-        if not reach.ok:
-            reason = reach.reason
+        known = (reach or {}).get((message.purpose, message.profile.pk))
+        current = known or backend.reachability(message.profile, message.purpose)
+        if not current.ok:
+            reason = current.reason
     if not reason:
         # send_robust: a host's receiver that breaks must not stop the delivery run.
         for receiver, response in pre_send.send_robust(
