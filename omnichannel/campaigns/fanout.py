@@ -498,13 +498,20 @@ def _quiet_condition(plan: FanOutPlan, *, after: int, upto: int) -> Q | None:
     return condition
 
 
-def _reachable(plan: FanOutPlan, *, after: int, upto: int) -> QuerySet[Any] | None:
+def _reachable(
+    plan: FanOutPlan, *, after: int, upto: int, candidates: bool = False
+) -> QuerySet[Any] | None:
     """The chunk's people the first step's channel reaches by SQL rules, under the caps and
-    outside quiet hours: rows of (fo_id, fo_hour, reach_address, fo_language)."""
+    outside quiet hours: rows of (fo_id, fo_hour, reach_address, fo_language).
+
+    With ``candidates``, the checks on the address itself (present, not suppressed) are left
+    to the caller, to apply to the stored column (``BaseChannel.address_allowed_sql``).
+    """
     if plan.backend is None:
         return None
     profiles = CustomerProfile.objects.filter(pk__gt=after, pk__lte=upto)
-    reachable = plan.backend.reachable_queryset(profiles, plan.campaign.purpose)
+    rules = plan.backend.reach_candidates if candidates else plan.backend.reachable_queryset
+    reachable = rules(profiles, plan.campaign.purpose)
     if reachable is None:
         return None
     reachable = reachable.annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan))
@@ -705,17 +712,23 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
     )
     audience_sql, params = _sql(audience)
     ctes = [f"a AS MATERIALIZED ({audience_sql})"]
-    reachable = _reachable(plan, after=after, upto=upto)
+    reachable = _reachable(plan, after=after, upto=upto, candidates=True)
     enrollment = _enrollment_fields(plan, due=_hour_case("a.fo_hour", plan.due_times))
-    if reachable is None:
+    if reachable is None or plan.backend is None:
         source = "FROM a"
     else:
         reachable_sql, reachable_params = _sql(reachable)
+        # The addresses are computed once, into c; the address checks then read the stored
+        # column (in the ORM's query each mention of the address computes it again).
+        allowed_sql, allowed_params = plan.backend.address_allowed_sql(
+            "c.reach_address", plan.campaign.purpose
+        )
         ctes.append(
-            f"r AS MATERIALIZED (SELECT * FROM ({reachable_sql}) r0 "  # noqa: S608  (ORM SQL)
+            f"c AS MATERIALIZED (SELECT * FROM ({reachable_sql}) r0 "  # noqa: S608  (ORM SQL)
             "WHERE r0.fo_id IN (SELECT a.fo_id FROM a))"
         )
-        params += reachable_params
+        ctes.append(f"r AS MATERIALIZED (SELECT * FROM c WHERE {allowed_sql})")  # noqa: S608
+        params += [*reachable_params, *allowed_params]
         source = "FROM a LEFT JOIN r ON r.fo_id = a.fo_id"
         enrollment.update(
             _direct_enrollment_fields(plan, enrollment, reached="r.fo_id IS NOT NULL")

@@ -290,6 +290,31 @@ class BaseChannel:
         """
         from .models import Suppression
 
+        queryset = self.reach_candidates(profiles, purpose)
+        if queryset is None:
+            return None
+        # "> ''": neither NULL nor empty in one test (the database computes the address again
+        # for each mention of it).
+        queryset = queryset.filter(**{f"{REACH_ADDRESS}__gt": ""})
+        suppressions = Suppression.objects.filter(
+            channel__in=self.suppression_channels(), address=OuterRef(REACH_ADDRESS)
+        )
+        if purpose == Purpose.TRANSACTIONAL:
+            # Only the first suppression counts (suppression_for's .first()).
+            first_blocks = Subquery(suppressions.order_by("pk").values("transactional_too")[:1])
+            return queryset.annotate(reach_blocked=first_blocks).filter(
+                Q(reach_blocked__isnull=True) | Q(reach_blocked=False)
+            )
+        return queryset.filter(~Exists(suppressions))
+
+    def reach_candidates(
+        self, profiles: QuerySet[CustomerProfile], purpose: str
+    ) -> QuerySet[CustomerProfile] | None:
+        """``reachable_queryset`` before the checks on the address itself: the people whose
+        consent allows ``purpose``, annotated with ``reach_address``, which may still be NULL,
+        empty or suppressed. For callers that store the addresses first and then apply
+        :meth:`address_allowed_sql` to the stored column (each mention of the annotation in a
+        query computes the address again)."""
         expression = self.address_expression()
         if expression is None or not _inherited(self, "reachability"):
             return None
@@ -302,27 +327,35 @@ class BaseChannel:
             .order_by("-created_at", "-pk")
             .values("granted")[:1]
         )
-        # "> ''": neither NULL nor empty in one test (the database computes the address again
-        # for each mention of it).
-        queryset = profiles.annotate(
-            **{REACH_ADDRESS: expression, "reach_consent": latest_consent}
-        ).filter(**{f"{REACH_ADDRESS}__gt": ""})
+        queryset = profiles.annotate(**{REACH_ADDRESS: expression, "reach_consent": latest_consent})
         if self._needs_grant(purpose):
-            queryset = queryset.filter(reach_consent=True)
-        else:
-            queryset = queryset.filter(Q(reach_consent__isnull=True) | Q(reach_consent=True))
+            return queryset.filter(reach_consent=True)
+        return queryset.filter(Q(reach_consent__isnull=True) | Q(reach_consent=True))
+
+    def address_allowed_sql(self, column: str, purpose: str) -> tuple[str, list[Any]]:
+        """A SQL condition (and its parameters): the address in ``column`` (trusted SQL, e.g.
+        ``"r.reach_address"``) is present and not suppressed for ``purpose``; the rest of
+        :meth:`reachable_queryset`'s rules, for rows of :meth:`reach_candidates`."""
+        from django.db import connection
+        from django.db.models.expressions import RawSQL
+
+        from .models import Suppression
+
         suppressions = Suppression.objects.filter(
-            channel__in=self.suppression_channels(), address=OuterRef(REACH_ADDRESS)
+            # The column name is the caller's SQL, not input.
+            channel__in=self.suppression_channels(),
+            address=RawSQL(column, []),  # noqa: S611
         )
         if purpose == Purpose.TRANSACTIONAL:
-            # Only the first suppression counts (suppression_for's .first()).
-            first_blocks = Subquery(suppressions.order_by("pk").values("transactional_too")[:1])
-            queryset = queryset.annotate(reach_blocked=first_blocks).filter(
-                Q(reach_blocked__isnull=True) | Q(reach_blocked=False)
-            )
+            first = suppressions.order_by("pk").values("transactional_too")[:1]
+            sql, params = first.query.get_compiler(connection=connection).as_sql()
+            blocked = f"COALESCE(({sql}), FALSE)"
         else:
-            queryset = queryset.filter(~Exists(suppressions))
-        return queryset
+            sql, params = (
+                suppressions.values("pk").query.get_compiler(connection=connection).as_sql()
+            )
+            blocked = f"EXISTS ({sql})"
+        return f"({column} > '' AND NOT {blocked})", list(params)
 
     # --- content -----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from push_notifications.models import APNSDevice, GCMDevice, WebPushDevice
 
@@ -423,3 +424,38 @@ def test_the_sql_rules_agree_with_reachability(settings, people, transactional_r
 def test_push_has_no_sql_address():
     assert get_channel("push").reachable_queryset(CustomerProfile.objects.all(), "x") is None
     assert get_channel("webpush").address_expression() is None
+
+
+@pytest.mark.parametrize("transactional_requires_consent", [False, True])
+def test_candidates_then_address_checks_make_the_same_set(
+    settings, people, transactional_requires_consent
+):
+    """reach_candidates + address_allowed_sql on the stored address (the fan-out's way on
+    PostgreSQL) select exactly what reachable_queryset selects."""
+    settings.OMNICHANNEL = {
+        **settings.OMNICHANNEL,
+        "TRANSACTIONAL_REQUIRES_CONSENT": transactional_requires_consent,
+    }
+    profiles = CustomerProfile.objects.filter(pk__in=[p.pk for p in people])
+    for name, purpose in itertools.product(
+        ["email", "newsletter", "sms", "telegram"], ["marketing", "transactional"]
+    ):
+        channel = get_channel(name)
+        expected = dict(
+            channel.reachable_queryset(profiles, purpose).values_list("pk", REACH_ADDRESS)
+        )
+        candidates = (
+            channel.reach_candidates(profiles, purpose)
+            .annotate(c_id=F("pk"))
+            .values("c_id", REACH_ADDRESS)
+        )
+        sql, params = candidates.query.sql_with_params()
+        allowed, allowed_params = channel.address_allowed_sql("c.reach_address", purpose)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT c.c_id, c.reach_address FROM ({sql}) c WHERE {allowed}",  # noqa: S608
+                [*params, *allowed_params],
+            )
+            found = dict(cursor.fetchall())
+        assert found == expected, (name, purpose)
+        assert found, (name, purpose)
