@@ -694,6 +694,333 @@ def bench_fanout(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+# --- tick ---------------------------------------------------------------------------------------
+# The engine's tick on due enrollments of a triggered campaign (welcome: no item checks), added
+# for the tick bench: enrollments per second to created messages (dispatch=False: the content
+# is rendered by the delivery workers later), SQL statements per enrollment and per batch, a
+# naive per-enrollment baseline (queue_message for each, as code without the engine would do),
+# and a tick with nothing due on the processed database.
+
+TICK_ENROLLMENTS = 100_000
+TICK_TARGET_PER_S = 1_000.0
+TICK_STRETCH_PER_S = 2_000.0
+TICK_NAIVE_SAMPLE = 2_000
+TICK_BATCH_SIZES = (100, 1_000)
+EMPTY_TICK_TARGET_MS = 20.0
+EMPTY_TICK_TARGET_QUERIES = 5
+EMPTY_TICK_RUNS = 25
+
+
+class QueryCounter:
+    """Counts the statements run on the default connection (execute_wrapper: no debug cursor,
+    so counting costs next to nothing)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.count += 1
+        return execute(sql, params, many, context)
+
+    def __enter__(self) -> QueryCounter:
+        from django.db import connection
+
+        self._wrapper = connection.execute_wrapper(self)
+        self._wrapper.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._wrapper.__exit__(*exc)
+
+
+def _tick_campaign(name: str):
+    from omnichannel.campaigns.models import Campaign, CampaignKind, CampaignStatus, Step
+
+    campaign = Campaign.objects.create(
+        name=name,
+        kind=CampaignKind.TRIGGERED,
+        trigger="welcome",
+        status=CampaignStatus.ACTIVE,
+        quiet_hours=False,  # every due enrollment becomes a message now
+    )
+    for position, (channel, wait) in enumerate(
+        [("email", timedelta(0)), ("sms", timedelta(days=3))], start=1
+    ):
+        Step.objects.create(
+            campaign=campaign,
+            position=position,
+            channel=channel,
+            wait=wait,
+            template="welcome",
+            content={channel: {"subject.txt": "Welcome", "body.txt": "Hello {{ first_name }}"}},
+        )
+    return campaign
+
+
+def _enroll_range(campaign, first_id: int, last_id: int) -> int:
+    """Enroll profiles first_id..last_id, all due at NOW, in one INSERT ... SELECT."""
+    from segments_bench import insert_select
+
+    from omnichannel.campaigns.models import Enrollment
+
+    count = insert_select(
+        Enrollment,
+        {
+            "campaign": str(int(campaign.pk)),
+            "profile": "id",
+            "subject_key": "'welcome'",
+            "context": "'{}'::jsonb",
+            "state": "'active'",
+            "step_position": "0",
+            "next_due_at": f"{NOW_SQL} - interval '1 minute'",
+            "enrolled_at": f"{NOW_SQL} - interval '1 hour'",
+        },
+        "FROM omnichannel_customerprofile WHERE id BETWEEN %s AND %s",
+        [first_id, last_id],
+    )
+    _analyze()
+    return count
+
+
+def _naive_tick(campaign) -> dict[str, Any]:
+    """Per due enrollment: queue_message (reach, render, store), then save the enrollment and
+    add its history row; each in its own transaction, as code without the engine would do."""
+    from django.db import transaction
+
+    from omnichannel.campaigns.models import (
+        Enrollment,
+        EnrollmentAction,
+        EnrollmentLog,
+        EnrollmentState,
+    )
+    from omnichannel.channels.sending import queue_message
+    from omnichannel.exceptions import NotReachable
+
+    step = campaign.steps.get(position=1)
+    following = campaign.steps.get(position=2)
+    sent = skipped = 0
+    with QueryCounter() as queries:
+        start = time.perf_counter()
+        due = Enrollment.objects.filter(
+            campaign=campaign, state=EnrollmentState.ACTIVE, next_due_at__lte=NOW
+        ).select_related("profile")
+        for enrollment in due:
+            with transaction.atomic():
+                try:
+                    message = queue_message(
+                        enrollment.profile,
+                        channel=step.channel,
+                        purpose=campaign.purpose,
+                        now=NOW,
+                        template=step.template,
+                        inline=step.content.get(step.channel),
+                        tags=[f"campaign:{campaign.pk}"],
+                    )
+                except NotReachable:
+                    message = None
+                    skipped += 1
+                else:
+                    sent += 1
+                enrollment.step_position = 1
+                enrollment.last_message_at = NOW if message else None
+                enrollment.next_due_at = NOW + following.wait
+                enrollment.save(update_fields=["step_position", "last_message_at", "next_due_at"])
+                EnrollmentLog.objects.create(
+                    enrollment=enrollment,
+                    at=NOW,
+                    action=EnrollmentAction.SENT if message else EnrollmentAction.SKIPPED,
+                    step=step,
+                    channel=step.channel,
+                    message=message,
+                )
+        seconds = time.perf_counter() - start
+    count = sent + skipped
+    return {
+        "enrollments": count,
+        "sent": sent,
+        "seconds": seconds,
+        "per_s": count / seconds,
+        "queries": queries.count,
+        "queries_per_enrollment": queries.count / count,
+    }
+
+
+def _one_batch(size: int) -> dict[str, Any]:
+    """Claim and advance one batch of ``size``: statements and seconds (no tick overhead)."""
+    from omnichannel.campaigns.engine import advance, claim_due_enrollments
+
+    with QueryCounter() as queries:
+        start = time.perf_counter()
+        claimed = claim_due_enrollments(now=NOW, limit=size)
+        result = advance(claimed, now=NOW)
+        seconds = time.perf_counter() - start
+    return {
+        "batch_size": size,
+        "claimed": result.claimed,
+        "sent": result.sent,
+        "queries": queries.count,
+        "seconds": seconds,
+        "per_s": result.claimed / seconds if seconds else 0.0,
+    }
+
+
+def _profile_batch(size: int) -> list[str]:
+    """cProfile of one claimed batch: the top functions by cumulative time (where it goes)."""
+    import cProfile
+    import io
+    import pstats
+
+    from omnichannel.campaigns.engine import advance, claim_due_enrollments
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    advance(claim_due_enrollments(now=NOW, limit=size), now=NOW)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out).sort_stats("cumulative")
+    stats.print_stats(r"omnichannel|django/db/models/(query|sql/compiler)|psycopg", 25)
+    lines = [line.rstrip() for line in out.getvalue().splitlines()]
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+    return [line for line in lines[start:] if line.strip()][:26]
+
+
+def _empty_ticks() -> dict[str, Any]:
+    from omnichannel.campaigns.engine import tick
+
+    tick(now=NOW, dispatch=False)  # warm: connection, channel registry, caches
+    times = []
+    for _ in range(EMPTY_TICK_RUNS):
+        start = time.perf_counter()
+        result = tick(now=NOW, dispatch=False)
+        times.append((time.perf_counter() - start) * 1000)
+        assert result.claimed == 0, result.as_dict()
+    with QueryCounter() as queries:
+        tick(now=NOW, dispatch=False)
+    return {
+        "median_ms": statistics.median(times),
+        "max_ms": max(times),
+        "queries": queries.count,
+        "runs": EMPTY_TICK_RUNS,
+    }
+
+
+@scenario("tick")
+def bench_tick(args: argparse.Namespace) -> dict[str, Any]:
+    from django.db import connection
+
+    from omnichannel.campaigns import engine
+    from omnichannel.campaigns.models import Enrollment, EnrollmentState
+    from omnichannel.channels.models import Message
+    from omnichannel.conf import app_settings
+
+    _truncate_campaign_rows()  # another scenario's messages would count against the caps
+    size = min(TICK_ENROLLMENTS, args.profiles)
+    sample = min(TICK_NAIVE_SAMPLE, args.profiles)
+    figures: dict[str, Any] = {"enrollments": size}
+
+    log(f"    naive per-enrollment path on {sample:,} (queue_message each)...")
+    naive = _tick_campaign("Tick bench: naive")
+    _enroll_range(naive, 1, sample)
+    figures["naive_sample"] = _naive_tick(naive)
+    _truncate_campaign_rows()
+
+    campaign = _tick_campaign("Tick bench")
+    step = time.perf_counter()
+    _enroll_range(campaign, 1, size)
+    figures["enroll_s"] = time.perf_counter() - step
+    log(f"    queries per batch (batch sizes {', '.join(map(str, TICK_BATCH_SIZES))})...")
+    figures["batches"] = [_one_batch(n) for n in TICK_BATCH_SIZES]
+    batch_size = int(app_settings.CAMPAIGN_BATCH_SIZE)
+    figures["profile_batch_size"] = batch_size
+    figures["profile_top"] = _profile_batch(batch_size)
+    before = sum(b["claimed"] for b in figures["batches"]) + batch_size
+    # A fresh session for the main run: PostgreSQL caches the plans of its foreign-key checks
+    # per session, and the small batches above planned them on a near-empty message table
+    # (sequential scans, which the main run would then repeat for every row it inserts).
+    _analyze()
+    connection.close()
+
+    log(f"    tick over the remaining {size - before:,} due enrollments (load {_load():.1f})...")
+    phases = ["claim_due_enrollments", "advance", "_create_messages"]
+    with PhaseTimer(engine, phases) as timer, QueryCounter() as queries:
+        start = time.perf_counter()
+        result = engine.tick(now=NOW, dispatch=False, max_batches=1_000_000)
+        seconds = time.perf_counter() - start
+    figures["main"] = {
+        **result.as_dict(),
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "per_s": result.claimed / seconds,
+        "queries": queries.count,
+        "queries_per_enrollment": queries.count / max(result.claimed, 1),
+        "phases_s": {name.strip("_"): timer.seconds[name] for name in phases},
+    }
+    figures["messages"] = Message.objects.filter(campaign=campaign).count()
+    figures["still_due"] = Enrollment.objects.filter(
+        campaign=campaign, state=EnrollmentState.ACTIVE, next_due_at__lte=NOW
+    ).count()
+    _analyze()
+    log("    tick with nothing due...")
+    figures["empty"] = _empty_ticks()
+    return figures
+
+
+def _report_tick(f: dict[str, Any]) -> None:
+    main, naive, empty = f["main"], f["naive_sample"], f["empty"]
+    verdict = (
+        "stretch met"
+        if main["per_s"] >= TICK_STRETCH_PER_S
+        else "met"
+        if main["per_s"] >= TICK_TARGET_PER_S
+        else "MISSED"
+    )
+    log(
+        f"    tick: {main['claimed']:,} due enrollments in {main['seconds']:.1f} s = "
+        f"{main['per_s']:,.0f}/s (target {TICK_TARGET_PER_S:,.0f}, stretch "
+        f"{TICK_STRETCH_PER_S:,.0f}: {verdict}); {main['sent']:,} messages, batches of "
+        f"{main['batch_size']}; {main['queries_per_enrollment']:.3f} queries per enrollment "
+        f"({main['queries']:,} in {main['batches']} batches)"
+    )
+    log(
+        "      phases: "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in main["phases_s"].items())
+        + f" (advance includes create_messages); {f['messages']:,} messages in all, "
+        f"{f['still_due']} still due"
+    )
+    batches = "; ".join(
+        f"{b['batch_size']:,}: {b['queries']} queries, {b['seconds'] * 1000:.0f} ms "
+        f"({b['per_s']:,.0f}/s)"
+        for b in f["batches"]
+    )
+    flat = len({b["queries"] for b in f["batches"]}) == 1
+    log(
+        f"    queries per batch (claim + advance): {batches}: "
+        + ("flat" if flat else "GROWS with the batch")
+    )
+    log(
+        f"    baseline, naive path (queue_message per enrollment) on {naive['enrollments']:,}: "
+        f"{naive['seconds']:.1f} s = {naive['per_s']:,.0f}/s, "
+        f"{naive['queries_per_enrollment']:.1f} queries per enrollment; "
+        f"{main['claimed']:,} would take {main['claimed'] / naive['per_s']:,.0f} s = "
+        f"{main['per_s'] / naive['per_s']:.0f}x the tick's time"
+    )
+    ok_ms = empty["median_ms"] <= EMPTY_TICK_TARGET_MS
+    ok_q = empty["queries"] <= EMPTY_TICK_TARGET_QUERIES
+    log(
+        f"    tick with nothing due ({f['enrollments']:,} enrollments waiting): median "
+        f"{empty['median_ms']:.1f} ms, max {empty['max_ms']:.1f} ms over {empty['runs']} runs "
+        f"(target {EMPTY_TICK_TARGET_MS:.0f} ms: {'met' if ok_ms else 'MISSED'}); "
+        f"{empty['queries']} queries (target {EMPTY_TICK_TARGET_QUERIES}: "
+        f"{'met' if ok_q else 'MISSED'})"
+    )
+    log(f"    cProfile of one batch of {f['profile_batch_size']} (cumulative):")
+    for line in f["profile_top"][:16]:
+        log(f"      {line[:150]}")
+
+
+REPORTS["tick"] = _report_tick
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
