@@ -1,11 +1,13 @@
 """One app label, one migration history: every sub-package's models are imported here."""
 
+from .analytics.models import Conversion, Influence  # noqa: F401
 from .api.models import ApiEventReceipt, ApiKey  # noqa: F401
 from .campaigns.models import (  # noqa: F401
     Campaign,
     Enrollment,
     EnrollmentLog,
     Step,
+    Variant,
 )
 from .channels.models import (  # noqa: F401
     ChannelThrottle,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -144,6 +145,24 @@ class Campaign(models.Model):
         _("each person at their best hour"),
         default=False,
         help_text=_("Mass campaigns: spread the send over 24 hours, each person at their hour."),
+    )
+    # Measurement (analytics): a holdout that gets nothing, and how long an order counts.
+    holdout_percent = models.PositiveSmallIntegerField(
+        _("holdout (% of the audience)"),
+        default=0,
+        validators=[MaxValueValidator(50)],
+        help_text=_(
+            "This share of the people enrolled get no message at all, chosen by a stable hash "
+            "of person and campaign, so the report can show the uplift over doing nothing."
+        ),
+    )
+    measure_window = models.DurationField(
+        _("conversion window"),
+        default=timedelta(days=7),
+        help_text=_(
+            "An order within this long after a person is enrolled counts as their conversion "
+            "in the variant and holdout comparison."
+        ),
     )
     ready_made = models.CharField(
         _("ready-made key"),
@@ -308,6 +327,56 @@ class Step(models.Model):
             )
 
 
+class Variant(models.Model):
+    """An A/B variant of a step: another subject, other content or another channel.
+
+    Each person gets one variant of the step, chosen by a stable hash of person and campaign
+    (``campaigns.groups``) weighed by ``weight``, and keeps it however often the step is due.
+    """
+
+    step = models.ForeignKey(
+        Step, verbose_name=_("step"), on_delete=models.CASCADE, related_name="variants"
+    )
+    name = models.CharField(
+        _("name"), max_length=40, help_text=_('Shown in the reports, e.g. "A" or "short subject".')
+    )
+    weight = models.PositiveSmallIntegerField(
+        _("weight"),
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text=_("Relative share of the people: weights 1 and 1 split them half and half."),
+    )
+    subject = models.CharField(
+        _("subject or title"),
+        max_length=255,
+        blank=True,
+        help_text=_("Replaces the subject (email) or title (push) part; a template string."),
+    )
+    content = models.JSONField(
+        _("inline content"),
+        default=dict,
+        blank=True,
+        help_text=_("Per-channel template parts replacing the step's, as in the step's content."),
+    )
+    channel = models.CharField(
+        _("channel"),
+        max_length=32,
+        blank=True,
+        help_text=_("Another channel (or 'best') for this variant; empty: the step's channel."),
+    )
+
+    class Meta:
+        verbose_name = _("variant")
+        verbose_name_plural = _("variants")
+        ordering = ["step", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["step", "name"], name="oc_variant_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step}: {self.name}"
+
+
 class EnrollmentState(models.TextChoices):
     ACTIVE = "active", _("Active")
     COMPLETED = "completed", _("Completed (every step done)")
@@ -329,6 +398,7 @@ class ExitReason(models.TextChoices):
     CAPPED = "capped", _("Dropped by a frequency cap")
     CAMPAIGN_ENDED = "campaign_ended", _("The campaign ended")
     PROFILE_MERGED = "profile_merged", _("Profile merged into another")
+    HELD_OUT = "held_out", _("In the holdout group: gets no message")
     ENDED_BY_STAFF = "ended_by_staff", _("Ended by staff in the admin")
 
 
@@ -380,6 +450,11 @@ class Enrollment(models.Model):
     )
     last_message_at = models.DateTimeField(_("last message"), null=True, blank=True)
     ended_at = models.DateTimeField(_("ended"), null=True, blank=True)
+    holdout = models.BooleanField(
+        _("in the holdout"),
+        default=False,
+        help_text=_("Held out for measurement: the campaign sends this person nothing."),
+    )
     claimed_by = models.CharField(_("claimed by"), max_length=32, blank=True)
     claim_expires_at = models.DateTimeField(_("claim expires"), null=True, blank=True)
 

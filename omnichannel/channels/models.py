@@ -146,6 +146,14 @@ class Message(models.Model):
         on_delete=models.SET_NULL,
         related_name="messages",
     )
+    variant = models.ForeignKey(
+        "omnichannel.Variant",
+        verbose_name=_("variant"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
     needs_render = models.BooleanField(
         _("to be rendered"),
         default=False,

@@ -1,0 +1,1 @@
+"""Results: orders attributed to messages, A/B and holdout uplift, campaign reports."""
