@@ -112,6 +112,23 @@ DEFAULTS: dict[str, Any] = {
     "MASS_FANOUT_CHUNK": 50_000,
     # "Bought together" and fallback recommendations shown in a message.
     "RECOMMENDATIONS_LIMIT": 4,
+    # --- Results (omnichannel/analytics/) -------------------------------------------------------
+    # Attribution of each order to at most one message: "last_touch" (the last click within
+    # the click window, else the last open within the open window, else the last delivery
+    # within the delivery window on channels that report no opens) or "last_click" (clicks
+    # only). Windows in seconds.
+    "ATTRIBUTION_MODEL": "last_touch",
+    "ATTRIBUTION_CLICK_WINDOW": 5 * 24 * 60 * 60,
+    "ATTRIBUTION_OPEN_WINDOW": 24 * 60 * 60,
+    "ATTRIBUTION_DELIVERY_WINDOW": 12 * 60 * 60,
+    # Channels whose deliveries can win an order (they report no opens); None: the channels
+    # whose backend says it reports no opens (SMS, push, web push, Telegram).
+    "ATTRIBUTION_DELIVERY_CHANNELS": None,
+    # How often beat runs the attribution job (seconds), and orders attributed per statement.
+    "ATTRIBUTION_INTERVAL": 300,
+    "ATTRIBUTION_BATCH_SIZE": 5000,
+    # Confidence level of the uplift intervals and of "significant" in the reports.
+    "UPLIFT_CONFIDENCE": 0.95,
     # --- API (omnichannel/api/) -----------------------------------------------------------------
     # Most events in one POST to events/; a larger batch is refused whole (400).
     "API_MAX_BATCH": 500,
