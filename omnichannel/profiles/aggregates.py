@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 
+import phonenumbers
+import phonenumbers.timezone
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import (
@@ -150,7 +152,40 @@ def _refresh_scalars(ids: list[int], *, now: datetime) -> int:
     )
     for key in ("first_name", "last_name"):
         profiles.filter(**{key: ""}).update(**{key: _name_from_events(key)})
+    _fill_time_zones_from_phones(profiles)
     return updated
+
+
+def _fill_time_zones_from_phones(profiles: QuerySet) -> None:
+    """Give people without a time zone the one their phone number belongs to, when unique.
+
+    Quiet hours and best-hour sends are in the person's local time; a +49 number says
+    Europe/Berlin. Numbers of countries with several zones (+1 mobile, +7, +61) are left
+    alone rather than guessed. Only profiles with an empty ``time_zone`` are read, so each is
+    looked at until it has one, and a zone set by staff or the API is never overwritten.
+    """
+    rows = Identity.objects.filter(
+        profile__in=profiles.filter(time_zone=""), kind=IdentityKind.PHONE
+    ).values_list("profile_id", "value")
+    zones: dict[str, list[int]] = defaultdict(list)
+    for profile_id, phone in rows:
+        zone = time_zone_for_phone(phone)
+        if zone:
+            zones[zone].append(profile_id)
+    for zone, ids in zones.items():
+        CustomerProfile.objects.filter(pk__in=ids, time_zone="").update(time_zone=zone)
+
+
+def time_zone_for_phone(phone: str) -> str:
+    """The IANA time zone of an E.164 phone number when it has exactly one, else ""."""
+    try:
+        number = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return ""
+    zones = phonenumbers.timezone.time_zones_for_number(number)
+    if len(zones) != 1 or zones[0] == phonenumbers.timezone.UNKNOWN_TIMEZONE:
+        return ""
+    return zones[0]
 
 
 def _scalar(queryset: QuerySet, aggregate: Expression) -> Subquery:

@@ -200,6 +200,22 @@ def test_aggregates_come_from_the_event_log():
     assert profile.sources == ["web", "app"]
 
 
+def test_a_phone_with_one_time_zone_gives_the_profile_its_time_zone():
+    for phone in ("+4915112345678", "+79161234567"):  # Berlin; Russia spans eleven zones
+        record_event(EventType.USER_LOGGED_IN, identities={"phone": phone})
+    record_event(EventType.USER_LOGGED_IN, identities={"email": "tz@example.com"})
+    fold()
+    assert profile_of("phone", "+4915112345678").time_zone == "Europe/Berlin"
+    assert profile_of("phone", "+79161234567").time_zone == ""
+    assert profile_of("email", "tz@example.com").time_zone == ""
+    # A zone staff or the API set is kept.
+    chosen = profile_of("phone", "+4915112345678")
+    CustomerProfile.objects.filter(pk=chosen.pk).update(time_zone="Europe/Lisbon")
+    record_event(EventType.USER_LOGGED_IN, identities={"phone": "+4915112345678"})
+    fold()
+    assert profile_of("phone", "+4915112345678").time_zone == "Europe/Lisbon"
+
+
 def test_latest_consent_wins_and_history_is_kept():
     profile = CustomerProfile.objects.create()
     now = timezone.now()
