@@ -1,7 +1,9 @@
 """Ready-made campaigns the app creates on request (``omnichannel_create_campaigns``).
 
 The standard triggered campaigns of a shop: abandoned basket, abandoned wishlist, a thank-you
-after a purchase, welcome, win-back and browse abandonment, each with a cascade of steps.
+after a purchase, welcome, win-back and browse abandonment, each with a cascade of steps. All
+but welcome hold out 10 % of the people (sent nothing) so their reports show the uplift, and
+the basket email tests two subjects (A/B).
 Creating them again adds only the ones that are missing (found by their ready-made key, or by
 name for campaigns made before the key existed): a campaign that exists
 is left exactly as staff made it, steps, options and status included.
@@ -19,10 +21,26 @@ from django.utils.translation import gettext_lazy as _
 
 from ..channels.registry import channel_choices
 from ..profiles.models import Purpose
-from .models import BEST_CHANNEL, Campaign, CampaignKind, CampaignStatus, Step, StopCondition
+from .models import (
+    BEST_CHANNEL,
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    Step,
+    StopCondition,
+    Variant,
+)
 
 #: The ready-made segment ("ready_made" key) the win-back campaign enrolls from.
 WIN_BACK_SEGMENT = "drifting"
+
+
+@dataclass(frozen=True)
+class ReadyMadeVariant:
+    name: str
+    #: A subject template replacing the step's; empty keeps the template's own (the control).
+    subject: str = ""
+    weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,7 @@ class ReadyMadeStep:
     wait: timedelta = timedelta(0)
     stop_if: str = StopCondition.OPENED
     best_hour: bool = False
+    variants: tuple[ReadyMadeVariant, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,8 @@ class ReadyMadeCampaign:
     options: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     purpose: str = Purpose.MARKETING
+    #: Share of the people held out (sent nothing) so the report shows the uplift.
+    holdout_percent: int = 10
 
 
 READY_MADE: list[ReadyMadeCampaign] = [
@@ -54,7 +75,19 @@ READY_MADE: list[ReadyMadeCampaign] = [
         options={"delay_minutes": 60},
         priority=100,
         steps=(
-            ReadyMadeStep("email"),
+            ReadyMadeStep(
+                "email",
+                variants=(
+                    ReadyMadeVariant("A: you left something"),
+                    ReadyMadeVariant(
+                        "B: the item by name",
+                        subject=(
+                            "{% if items %}{{ items.0.title }} is still in your basket"
+                            "{% else %}Your basket is waiting{% endif %}"
+                        ),
+                    ),
+                ),
+            ),
             ReadyMadeStep("push", wait=timedelta(hours=4)),
             ReadyMadeStep("sms", wait=timedelta(hours=20)),
         ),
@@ -84,6 +117,8 @@ READY_MADE: list[ReadyMadeCampaign] = [
         template="welcome",
         options={"delay_minutes": 0},
         priority=80,
+        # Everyone who registers is welcomed: nothing to measure against.
+        holdout_percent=0,
         steps=(ReadyMadeStep("email"),),
     ),
     ReadyMadeCampaign(
@@ -196,6 +231,7 @@ def create_ready_made_campaigns(
             trigger_options=_options(item),
             purpose=item.purpose,
             priority=item.priority,
+            holdout_percent=item.holdout_percent,
         )
         campaign.full_clean()
         campaign.save()
@@ -211,6 +247,15 @@ def create_ready_made_campaigns(
             )
             step.full_clean()
             step.save()
+            for variant_spec in spec.variants:
+                variant = Variant(
+                    step=step,
+                    name=variant_spec.name,
+                    subject=variant_spec.subject,
+                    weight=variant_spec.weight,
+                )
+                variant.full_clean()
+                variant.save()
         results.append(
             ReadyMadeCampaignResult(
                 key, campaign, created=True, activated=activate, skipped_channels=skipped

@@ -49,6 +49,17 @@ def test_the_abandoned_basket_cascade():
         (2, "push", timedelta(hours=4), "opened", "abandoned_basket"),
         (3, "sms", timedelta(hours=20), "opened", "abandoned_basket"),
     ]
+    # Measured: a 10 % holdout, and two subjects on the email.
+    assert campaign.holdout_percent == 10
+    email = campaign.steps.get(position=1)
+    variants = list(email.variants.order_by("pk").values_list("name", "subject", "weight"))
+    assert [(name[:2], weight) for name, _subject, weight in variants] == [("A:", 1), ("B:", 1)]
+    assert variants[0][1] == ""
+    assert "items.0.title" in variants[1][1]
+    for variant in email.variants.all():
+        variant.full_clean()
+    welcome = create_ready_made_campaigns(["welcome"])[0].campaign
+    assert welcome.holdout_percent == 0
 
 
 def test_win_back_uses_the_ready_made_drifting_segment_creating_it_if_missing():
