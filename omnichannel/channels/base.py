@@ -116,6 +116,9 @@ class BaseChannel:
     #: ``{% tracked_url %}`` makes short links (``/omnichannel/s/<30 chars>/``): for channels
     #: that bill by length, like SMS.
     short_links: ClassVar[bool] = False
+    #: The provider (or our pixel) reports when a message is opened. Attribution lets a
+    #: delivery win an order only on channels that cannot report opens (push, SMS, Telegram).
+    reports_opens: ClassVar[bool] = False
 
     def __init__(self, name: str, *, cost: Decimal, currency: str, options: dict[str, Any]) -> None:
         self.name = name

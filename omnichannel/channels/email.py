@@ -99,6 +99,7 @@ class EmailChannel(BaseChannel):
     }
     batch_size: ClassVar[int] = 100
     label: ClassVar[str] = "Email"
+    reports_opens: ClassVar[bool] = True
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
