@@ -9,7 +9,7 @@ renders each message on its own, so one broken template fails only its message.
 
 Templates see the common message context (``channels.sending.message_context``) and:
 
-* ``campaign``, ``step``, ``enrollment``;
+* ``campaign``, ``step``, ``enrollment``, ``variant`` (the step's A/B variant, or None);
 * the trigger's data (``trigger.template_context``), e.g. ``basket_id``, ``wishlist_id``,
   ``order_id``;
 * ``items``: item dicts (``items_for``) of the products the message is about, still current;
@@ -19,6 +19,11 @@ Templates see the common message context (``channels.sending.message_context``) 
 * ``order``: the Oscar order (post-purchase) or None;
 * ``restore_url`` (also as ``basket_url``): a signed link reopening the basket on any device;
   ``wishlist_url``; ``action_url``: the main link (basket, wish list, first item, shop).
+
+A message of a step variant (``Message.variant``) is rendered from the step's template and
+inline parts with the variant's on top (``inline_parts``): the variant's ``subject`` replaces
+the subject (email) or title (push) part, and the variant's parts for the channel replace the
+step's parts of the same name.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import Prefetch
+from django.template import TemplateSyntaxError, engines
 from django.urls import reverse
 from django.utils import translation
+from django.utils.translation import gettext as _
 from oscar.core.loading import get_class, get_model
 
 from .. import recommendations
@@ -40,7 +48,7 @@ from ..channels.models import Message, MessageStatus
 from ..channels.status import record_status
 from ..conf import app_settings
 from ..tracking import links
-from .models import Enrollment, EnrollmentState, ExitReason, Step
+from .models import BEST_CHANNEL, Enrollment, EnrollmentState, ExitReason, Step, Variant
 from .triggers import registry
 
 if TYPE_CHECKING:
@@ -172,6 +180,89 @@ def _positive_int(value: Any) -> int:
     return number if number > 0 else 1
 
 
+# --- step and variant content ------------------------------------------------------------------
+
+#: The parts a variant's ``subject`` replaces (whichever the channel has).
+SUBJECT_PARTS = ("subject.txt", "title.txt")
+
+
+def channel_parts(content: Any, backend: BaseChannel) -> dict[str, str]:
+    """The parts of ``content`` (``{"<channel>": {"<part>": "<source>"}}``) for this channel:
+    by channel name, else by consent channel (``"push"`` covers every push channel)."""
+    if not isinstance(content, dict):
+        return {}
+    parts = content.get(backend.name) or content.get(backend.consent_channel) or {}
+    return dict(parts) if isinstance(parts, dict) else {}
+
+
+def inline_parts(
+    backend: BaseChannel, step: Step, variant: Variant | None = None
+) -> dict[str, str] | None:
+    """The inline template parts a message of ``step`` (and ``variant``) renders on this
+    channel: the step's, then the variant's parts and subject over them; None when none."""
+    parts = channel_parts(step.content, backend)
+    if variant is not None:
+        parts.update(channel_parts(variant.content, backend))
+        if variant.subject:
+            for part in SUBJECT_PARTS:
+                if part in backend.template_parts:
+                    parts[part] = variant.subject
+    return parts or None
+
+
+def validate_variant(variant: Variant) -> None:
+    """Raise ValidationError (by field) unless the variant can be rendered and sent: its step
+    is set, its channel is configured (or empty, or "best"), its content is
+    ``{"<channel>": {"<part>": "<template source>"}}`` for configured channels, and its
+    subject and parts are valid templates."""
+    from ..channels.registry import get_channels
+
+    errors: dict[str, list[str]] = {}
+    channels = get_channels()
+    consent_channels = {backend.consent_channel for backend in channels.values()}
+    if variant.channel and variant.channel != BEST_CHANNEL and variant.channel not in channels:
+        errors.setdefault("channel", []).append(
+            _("Unknown channel %(name)r; configured: %(known)s, or best, or empty.")
+            % {"name": variant.channel, "known": ", ".join(sorted(channels))}
+        )
+    content = variant.content
+    if content in (None, ""):
+        content = {}
+    if not isinstance(content, dict) or not all(
+        isinstance(parts, dict) and all(isinstance(v, str) for v in parts.values())
+        for parts in content.values()
+    ):
+        errors.setdefault("content", []).append(
+            _('Inline content must be {"<channel>": {"<part>": "<text>"}}.')
+        )
+    else:
+        for name, parts in content.items():
+            if name not in channels and name not in consent_channels:
+                errors.setdefault("content", []).append(
+                    _("Unknown channel %(name)r in the content; configured: %(known)s.")
+                    % {"name": name, "known": ", ".join(sorted(channels))}
+                )
+                continue
+            for part, source in parts.items():
+                problem = _template_problem(source)
+                if problem:
+                    errors.setdefault("content", []).append(f"{name} / {part}: {problem}")
+    problem = _template_problem(variant.subject or "")
+    if problem:
+        errors.setdefault("subject", []).append(problem)
+    if errors:
+        raise ValidationError(errors)
+
+
+def _template_problem(source: str) -> str:
+    """Why ``source`` is not a valid template ('' when it is)."""
+    try:
+        engines["django"].from_string(source)
+    except TemplateSyntaxError as exc:
+        return _("Template error: %(error)s") % {"error": exc}
+    return ""
+
+
 # --- rendering engine messages ------------------------------------------------------------------
 
 
@@ -239,8 +330,7 @@ def _render_one(backend: BaseChannel, message: Message, extra: dict[str, Any]) -
     step: Step = extra["step"]
     profile = message.profile
     language = message.language or profile.language or settings.LANGUAGE_CODE
-    content = step.content or {}
-    inline = content.get(backend.name) or content.get(backend.consent_channel) or None
+    inline = inline_parts(backend, step, extra.get("variant"))
     with translation.override(language):
         backend.render(
             message,
@@ -273,6 +363,7 @@ def build_contexts(messages: Sequence[Message]) -> dict[int, dict[str, Any] | _S
     enrollments = Enrollment.objects.select_related("campaign").in_bulk(
         {m.enrollment_id for m in messages if m.enrollment_id}
     )
+    variants = Variant.objects.in_bulk({m.variant_id for m in messages if m.variant_id})
     profiles = {m.profile_id: m.profile for m in messages if m.profile_id}
     for enrollment in enrollments.values():
         # Already loaded with the messages: no query per enrollment in templates or triggers.
@@ -342,6 +433,8 @@ def build_contexts(messages: Sequence[Message]) -> dict[int, dict[str, Any] | _S
             **data,
             "campaign": enrollment.campaign,
             "step": steps[message.step_id],  # type: ignore[index]
+            # A variant deleted since (SET_NULL races the send) falls back to the step's content.
+            "variant": variants.get(message.variant_id),  # type: ignore[arg-type]
             "enrollment": enrollment,
             "items": items,
             "item": items[0] if items else None,

@@ -21,6 +21,12 @@ the frequency caps, and a send time outside their quiet hours. Their enrollments
 1 in the same transaction. Everyone else stays at step 0, due at their send time, and the
 engine decides for them one by one (another channel of the cascade, a deferral, a skip).
 
+Measurement (``campaigns.groups``): people in the campaign's holdout are enrolled already
+exited (``holdout``, exit reason ``held_out``) and get no message; everyone else's first
+message records the first step's variant, picked in SQL by ``bucket_expression`` against the
+cumulative weights (what ``pick_variant`` picks in Python). A variant with a channel of its own
+leaves its people to the engine, which sends on that channel.
+
 Celery: ``launch_due_mass_campaigns(now)`` (called by the tick; one query when nothing is due)
 claims each due campaign with a lease and starts a chain of ``omnichannel.campaigns.fan_out``
 tasks, one per chunk; the last one sets ``launched_at``. A chain that dies is restarted from the
@@ -39,10 +45,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import (
+    BooleanField,
     Case,
     Count,
     DateTimeField,
     Exists,
+    ExpressionWrapper,
     F,
     IntegerField,
     Max,
@@ -56,6 +64,7 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThan
 
 from ..channels.base import REACH_ADDRESS, BaseChannel
 from ..channels.models import Message, MessageStatus, MessageStatusChange
@@ -64,6 +73,7 @@ from ..conf import app_settings
 from ..exceptions import ConfigurationError
 from ..profiles.models import CustomerProfile, Purpose
 from .engine import NOT_A_CONTACT, next_hour, quiet_hours_end, shop_zone
+from .groups import BUCKETS, HOLDOUT_SALT, VARIANT_SALT, bucket_expression
 from .models import (
     BEST_CHANNEL,
     Campaign,
@@ -75,6 +85,7 @@ from .models import (
     EnrollmentState,
     ExitReason,
     Step,
+    Variant,
 )
 
 logger = logging.getLogger("omnichannel.campaigns")
@@ -83,6 +94,8 @@ logger = logging.getLogger("omnichannel.campaigns")
 UNKNOWN_HOUR = -1
 #: Marks the rows a fan-out writes in EnrollmentLog.detail.
 FAN_OUT_DETAIL = "mass send fan-out"
+#: EnrollmentLog.detail of a held-out person's exit.
+HELD_OUT_DETAIL = f"in the holdout group: no message ({FAN_OUT_DETAIL})"
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
 
@@ -137,6 +150,8 @@ class FanOutPlan:
     #: "completed"; the message's "queued" status change). Off by default: they say what the
     #: enrollment and message rows say already, and cost a third of a fan-out's time.
     history: bool = False
+    #: The first step's variants (by id, as ``pick_variant`` orders them); empty: none.
+    variants: list[Variant] = field(default_factory=list)
 
     @property
     def direct(self) -> bool:
@@ -145,6 +160,17 @@ class FanOutPlan:
     @property
     def first_step(self) -> Step:
         return self.steps[0]
+
+    @property
+    def holdout_below(self) -> int:
+        """People whose holdout bucket is below this are held out (0: no holdout)."""
+        return self.campaign.holdout_percent * (BUCKETS // 100)
+
+    @property
+    def direct_variants(self) -> list[Variant]:
+        """The first step's variants sent on the step's own channel (set-based)."""
+        own = ("", self.first_step.channel)
+        return [variant for variant in self.variants if variant.channel in own]
 
     @property
     def next_wait(self) -> timedelta | None:
@@ -171,6 +197,8 @@ def plan_fan_out(
         due_times = dict.fromkeys(_buckets(), now)
     plan = FanOutPlan(campaign=campaign, now=now, due_times=due_times, history=history)
     plan.steps = list(campaign.steps.order_by("position", "id"))
+    if plan.steps:
+        plan.variants = list(plan.first_step.variants.order_by("pk"))
     plan.why_not_direct = _why_not_direct(plan, direct_messages)
     if plan.why_not_direct:
         return plan
@@ -214,6 +242,8 @@ def _why_not_direct(plan: FanOutPlan, wanted: bool) -> str:
         return f"channel {step.channel!r} has no SQL reachability"
     if campaign.purpose == Purpose.MARKETING and 0 in (campaign.cap_per_day, campaign.cap_per_week):
         return "the campaign's own cap is 0"
+    if plan.variants and not plan.direct_variants:
+        return "every variant of the first step has a channel of its own"
     return ""
 
 
@@ -334,6 +364,35 @@ def _bucket_expression(plan: FanOutPlan) -> Case | Value:
     )
 
 
+def _held_out_expression(plan: FanOutPlan) -> Case | Value:
+    """Whether the profile row is in the campaign's holdout (``groups.is_held_out`` in SQL)."""
+    if plan.holdout_below <= 0:
+        return Value(False, output_field=BooleanField())
+    held = LessThan(
+        bucket_expression(plan.campaign.pk, HOLDOUT_SALT, profile_field="pk"), plan.holdout_below
+    )
+    return Case(When(held, then=Value(True)), default=Value(False), output_field=BooleanField())
+
+
+def _variant_expression(plan: FanOutPlan) -> Case:
+    """The id of the profile row's variant of the first step (``groups.pick_variant`` in SQL).
+
+    ``pick_variant`` takes the first variant whose cumulative weight exceeds
+    ``bucket * total // BUCKETS``; for integers that is ``bucket * total < cumulative * BUCKETS``.
+    """
+    variants = plan.variants
+    total = sum(max(variant.weight, 1) for variant in variants)
+    scaled = ExpressionWrapper(
+        bucket_expression(plan.campaign.pk, VARIANT_SALT, profile_field="pk") * Value(total),
+        output_field=IntegerField(),
+    )
+    whens, cumulative = [], 0
+    for variant in variants[:-1]:
+        cumulative += max(variant.weight, 1)
+        whens.append(When(LessThan(scaled, cumulative * BUCKETS), then=Value(variant.pk)))
+    return Case(*whens, default=Value(variants[-1].pk), output_field=IntegerField())
+
+
 def _insert_select(
     model: type[Model], given: dict[str, tuple[str, list[Any]]], source: str, params: list[Any]
 ) -> int:
@@ -385,13 +444,19 @@ def _audience(plan: FanOutPlan, *, after: int, upto: int) -> QuerySet[CustomerPr
     return audience
 
 
-def _insert_enrollments(plan: FanOutPlan, *, after: int, upto: int) -> int:
-    audience = _audience(plan, after=after, upto=upto)
-    source_sql, source_params = _sql(
-        audience.annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan)).values(
-            "fo_id", "fo_hour"
+def _audience_rows(plan: FanOutPlan, *, after: int, upto: int) -> QuerySet[Any]:
+    """Rows of ``a``: (fo_id, fo_hour, fo_held) of the chunk's audience members."""
+    return (
+        _audience(plan, after=after, upto=upto)
+        .annotate(
+            fo_id=F("pk"), fo_hour=_bucket_expression(plan), fo_held=_held_out_expression(plan)
         )
+        .values("fo_id", "fo_hour", "fo_held")
     )
+
+
+def _insert_enrollments(plan: FanOutPlan, *, after: int, upto: int) -> int:
+    source_sql, source_params = _sql(_audience_rows(plan, after=after, upto=upto))
     return _insert_select(
         Enrollment,
         _enrollment_fields(plan, due=_hour_case("a.fo_hour", plan.due_times)),
@@ -502,7 +567,9 @@ def _reachable(
     plan: FanOutPlan, *, after: int, upto: int, candidates: bool = False
 ) -> QuerySet[Any] | None:
     """The chunk's people the first step's channel reaches by SQL rules, under the caps and
-    outside quiet hours: rows of (fo_id, fo_hour, reach_address, fo_language).
+    outside quiet hours: rows of (fo_id, fo_hour, reach_address, fo_language), and
+    fo_variant when the first step has variants (only people whose variant goes on the step's
+    channel are here; the others are left to the engine).
 
     With ``candidates``, the checks on the address itself (present, not suppressed) are left
     to the caller, to apply to the stored column (``BaseChannel.address_allowed_sql``).
@@ -515,6 +582,12 @@ def _reachable(
     if reachable is None:
         return None
     reachable = reachable.annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan))
+    columns = ["fo_id", "fo_hour", REACH_ADDRESS, "fo_language"]
+    if plan.variants:
+        reachable = reachable.annotate(fo_variant=_variant_expression(plan))
+        columns.append("fo_variant")
+        if len(plan.direct_variants) < len(plan.variants):
+            reachable = reachable.filter(fo_variant__in=[v.pk for v in plan.direct_variants])
     for held in _held_back(plan):
         reachable = reachable.filter(~held)
     if len(plan.message_times) < len(plan.due_times):  # the others go later, by the engine
@@ -527,7 +600,7 @@ def _reachable(
             When(language="", then=Value(settings.LANGUAGE_CODE)),
             default=F("language"),
         )
-    ).values("fo_id", "fo_hour", REACH_ADDRESS, "fo_language")
+    ).values(*columns)
 
 
 def _insert_messages(plan: FanOutPlan, *, after: int, upto: int) -> int:
@@ -583,6 +656,8 @@ def _message_fields(
         "campaign": _const(campaign.pk),
         "enrollment": ("en.id", []),
         "step": _const(step.pk),
+        # (A bare NULL would be text in PostgreSQL's CTEs.)
+        "variant": ("r.fo_variant", []) if plan.variants else ("NULL", []),
         "needs_render": _const(True),
         "status": _const(MessageStatus.QUEUED.value),
         "status_changed_at": _const(now),
@@ -650,6 +725,24 @@ def _insert_history(plan: FanOutPlan, *, after: int, upto: int) -> None:
         f"AND NOT EXISTS (SELECT 1 FROM {log} l WHERE l.enrollment_id = en.id AND l.action = %s)",
         [campaign.pk, now, after, upto, EnrollmentAction.ENROLLED.value],
     )
+    if plan.holdout_below > 0:
+        _insert_select(
+            EnrollmentLog,
+            {
+                "enrollment": ("en.id", []),
+                "at": at,
+                "action": _const(EnrollmentAction.EXITED.value),
+                "step": ("NULL", []),
+                "channel": _const(""),
+                "message": ("NULL", []),
+                "detail": _const(HELD_OUT_DETAIL),
+            },
+            f"FROM {enrollment} en WHERE en.campaign_id = %s AND en.subject_key = '' "  # noqa: S608
+            "AND en.enrolled_at = %s AND en.holdout AND en.profile_id > %s "
+            f"AND en.profile_id <= %s AND NOT EXISTS (SELECT 1 FROM {log} l "
+            "WHERE l.enrollment_id = en.id AND l.action = %s)",
+            [campaign.pk, now, after, upto, EnrollmentAction.EXITED.value],
+        )
     if not plan.direct:
         return
     new_messages = (
@@ -705,12 +798,7 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
     writes nothing twice (what ON CONFLICT skipped is not returned).
     """
     now = _datetime(plan.now)
-    audience = (
-        _audience(plan, after=after, upto=upto)
-        .annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan))
-        .values("fo_id", "fo_hour")
-    )
-    audience_sql, params = _sql(audience)
+    audience_sql, params = _sql(_audience_rows(plan, after=after, upto=upto))
     ctes = [f"a AS MATERIALIZED ({audience_sql})"]
     reachable = _reachable(plan, after=after, upto=upto, candidates=True)
     enrollment = _enrollment_fields(plan, due=_hour_case("a.fo_hour", plan.due_times))
@@ -725,7 +813,7 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
         )
         ctes.append(
             f"c AS MATERIALIZED (SELECT * FROM ({reachable_sql}) r0 "  # noqa: S608  (ORM SQL)
-            "WHERE r0.fo_id IN (SELECT a.fo_id FROM a))"
+            "WHERE r0.fo_id IN (SELECT a.fo_id FROM a WHERE NOT a.fo_held))"
         )
         ctes.append(f"r AS MATERIALIZED (SELECT * FROM c WHERE {allowed_sql})")  # noqa: S608
         params += [*reachable_params, *allowed_params]
@@ -736,7 +824,7 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
     insert, insert_params = _insert_head(Enrollment, enrollment)
     ctes.append(
         f"en AS ({insert} {source} WHERE 1 = 1 ON CONFLICT DO NOTHING "
-        "RETURNING id, profile_id, step_position, last_message_at)"
+        "RETURNING id, profile_id, step_position, last_message_at, holdout)"
     )
     params += insert_params
     log_sources = [
@@ -746,6 +834,13 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
             [EnrollmentAction.ENROLLED.value, FAN_OUT_DETAIL],
         )
     ]
+    if plan.holdout_below > 0:
+        log_sources.append(
+            (
+                "SELECT en.id, 2, %s, NULL, '', NULL, %s FROM en WHERE en.holdout",
+                [EnrollmentAction.EXITED.value, HELD_OUT_DETAIL],
+            )
+        )
     if reachable is not None:
         fields = _message_fields(plan, send_at=("en.last_message_at", []))
         fields["profile"] = ("en.profile_id", [])
@@ -810,8 +905,9 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
 def _enrollment_fields(
     plan: FanOutPlan, *, due: tuple[str, list[Any]]
 ) -> dict[str, tuple[str, list[Any]]]:
-    """A new enrollment at step 0 for a row of ``a`` (an audience member), due at ``due``."""
-    return {
+    """A new enrollment for a row of ``a`` (an audience member): at step 0, due at ``due``;
+    or, for a held-out person, exited at once."""
+    fields = {
         "campaign": _const(plan.campaign.pk),
         "profile": ("a.fo_id", []),
         "subject_key": _const(""),
@@ -825,6 +921,24 @@ def _enrollment_fields(
         "last_activity_at": ("NULL", []),
         "claimed_by": _const(""),
     }
+    if plan.holdout_below <= 0:
+        return fields
+
+    def unless_held(name: str, when_held: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
+        held_sql, held_params = when_held
+        sql, params = fields[name]
+        return f"CASE WHEN a.fo_held THEN {held_sql} ELSE {sql} END", [*held_params, *params]
+
+    fields.update(
+        {
+            "holdout": ("a.fo_held", []),
+            "state": unless_held("state", _const(EnrollmentState.EXITED.value)),
+            "exit_reason": unless_held("exit_reason", _const(ExitReason.HELD_OUT.value)),
+            "next_due_at": unless_held("next_due_at", ("NULL", [])),
+            "ended_at": unless_held("ended_at", _const(_datetime(plan.now))),
+        }
+    )
+    return fields
 
 
 def _direct_enrollment_fields(

@@ -17,7 +17,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from omnichannel.campaigns import fanout
+from omnichannel.campaigns import fanout, groups
 from omnichannel.campaigns.engine import tick
 from omnichannel.campaigns.fanout import fan_out, launch_due_mass_campaigns
 from omnichannel.campaigns.models import (
@@ -30,6 +30,7 @@ from omnichannel.campaigns.models import (
     EnrollmentState,
     ExitReason,
     Step,
+    Variant,
 )
 from omnichannel.channels.models import (
     Message,
@@ -603,3 +604,142 @@ def test_a_chunk_task_for_a_paused_campaign_stops_the_chain():
 
     assert fan_out_task.run(campaign.pk, None, None, NOW.isoformat()) == 0
     assert not Enrollment.objects.exists()
+
+
+# --- holdout and variants ----------------------------------------------------------------------
+
+
+def add_variants(campaign: Campaign, *specs: dict) -> list[Variant]:
+    step = campaign.steps.get(position=1)
+    return [Variant.objects.create(step=step, **spec) for spec in specs]
+
+
+def test_held_out_people_are_enrolled_exited_and_get_no_message():
+    people = [person(f"P{i}") for i in range(40)]
+    campaign = mass(("email", timedelta(0)), ("sms", timedelta(days=2)), holdout_percent=30)
+
+    assert fan_out(campaign, now=NOW, history=True) == 40
+
+    held = {p.pk for p in people if groups.is_held_out(p.pk, campaign)}
+    assert 0 < len(held) < 40  # both groups are there
+    for profile in people:
+        enrollment = enrollment_of(campaign, profile)
+        actions = list(enrollment.log.order_by("pk").values_list("action", flat=True))
+        if profile.pk in held:
+            assert enrollment.holdout
+            assert (enrollment.state, enrollment.exit_reason) == ("exited", ExitReason.HELD_OUT)
+            assert (enrollment.next_due_at, enrollment.ended_at) == (None, NOW)
+            assert enrollment.step_position == 0
+            assert message_of(campaign, profile) is None
+            assert actions == ["enrolled", "exited"]
+        else:
+            assert not enrollment.holdout and enrollment.state == EnrollmentState.ACTIVE
+            assert message_of(campaign, profile) is not None
+            assert actions == ["enrolled", "sent"]
+    # The engine has nothing to do for them later either.
+    tick(now=NOW + timedelta(days=3), dispatch=False)
+    assert not Message.objects.filter(campaign=campaign, profile_id__in=held).exists()
+
+
+def test_held_out_people_are_exited_when_everyone_else_waits_for_the_engine():
+    people = [person(f"P{i}") for i in range(20)]
+    campaign = mass(holdout_percent=50)
+    fan_out(campaign, now=NOW, direct_messages=False)
+    for profile in people:
+        enrollment = enrollment_of(campaign, profile)
+        if groups.is_held_out(profile.pk, campaign):
+            assert enrollment.state == EnrollmentState.EXITED and enrollment.holdout
+        else:
+            assert (enrollment.state, enrollment.next_due_at) == (EnrollmentState.ACTIVE, NOW)
+    assert not Message.objects.exists()
+
+
+def test_without_a_holdout_nobody_is_held_out():
+    people = [person(f"P{i}") for i in range(10)]
+    campaign = mass()
+    fan_out(campaign, now=NOW)
+    assert not Enrollment.objects.filter(holdout=True).exists()
+    assert Message.objects.filter(campaign=campaign).count() == len(people)
+
+
+def test_each_first_message_has_the_variant_pick_variant_gives():
+    people = [person(f"P{i}") for i in range(60)]
+    campaign = mass(("email", timedelta(0)), ("sms", timedelta(days=2)), holdout_percent=10)
+    variants = add_variants(
+        campaign,
+        {"name": "A", "weight": 2},
+        {"name": "B", "weight": 1, "subject": "Short"},
+        {"name": "C", "weight": 3, "channel": "email"},  # the step's own channel: set-based too
+    )
+    fan_out(campaign, now=NOW)
+
+    seen = set()
+    for profile in people:
+        message = message_of(campaign, profile)
+        if groups.is_held_out(profile.pk, campaign):
+            assert message is None
+            continue
+        expected = groups.pick_variant(profile.pk, campaign.pk, variants)
+        assert message.variant_id == expected.pk, profile.pk
+        seen.add(expected.name)
+    assert seen == {"A", "B", "C"}
+
+
+def test_a_variant_on_another_channel_is_left_to_the_engine():
+    people = [person(f"P{i}", phone=True) for i in range(30)]
+    campaign = mass()
+    variants = add_variants(campaign, {"name": "Email"}, {"name": "SMS", "channel": "sms"})
+    fan_out(campaign, now=NOW)
+    by_variant = {"Email": 0, "SMS": 0}
+    for profile in people:
+        picked = groups.pick_variant(profile.pk, campaign.pk, variants)
+        by_variant[picked.name] += 1
+        message = message_of(campaign, profile)
+        enrollment = enrollment_of(campaign, profile)
+        if picked.name == "Email":
+            assert (message.channel, message.variant) == ("email", picked)
+        else:
+            assert message is None
+            assert (enrollment.step_position, enrollment.next_due_at) == (0, NOW)
+    assert by_variant["Email"] and by_variant["SMS"]
+
+
+def test_when_every_variant_has_its_own_channel_the_engine_sends_them_all():
+    person(phone=True)
+    campaign = mass()
+    add_variants(campaign, {"name": "SMS", "channel": "sms"}, {"name": "Best", "channel": "best"})
+    plan = fanout.plan_fan_out(campaign, now=NOW)
+    assert not plan.direct
+    assert plan.why_not_direct == "every variant of the first step has a channel of its own"
+    fan_out(campaign, now=NOW)
+    assert not Message.objects.exists()
+
+
+def test_a_fanned_out_variant_message_is_rendered_with_the_variants_content():
+    from omnichannel.channels.models import OutboxEntry
+    from omnichannel.channels.sending import deliver_due_messages
+
+    people = [person(f"P{i}") for i in range(12)]
+    campaign = mass()
+    variants = add_variants(
+        campaign,
+        {"name": "Step's", "weight": 1},
+        {
+            "name": "Own",
+            "weight": 1,
+            "subject": "Only today, {{ first_name }}",
+            "content": {"email": {"body.txt": "Variant body for {{ first_name }}"}},
+        },
+    )
+    fan_out(campaign, now=NOW)
+    deliver_due_messages(now=NOW)
+    for profile in people:
+        message = message_of(campaign, profile)
+        assert message.status == MessageStatus.SENT, message.error
+        outbox = OutboxEntry.objects.get(message=message)
+        if groups.pick_variant(profile.pk, campaign.pk, variants).name == "Own":
+            assert message.subject == f"Only today, {profile.first_name}"
+            assert outbox.body_text == f"Variant body for {profile.first_name}"
+        else:
+            assert message.subject == f"News for {profile.first_name}"
+            assert outbox.body_text == f"Hello {profile.first_name}"
