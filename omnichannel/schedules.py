@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .analytics.tasks import ATTRIBUTE_ORDERS_TASK
 from .conf import app_settings
 from .exceptions import ConfigurationError
 from .tasks import (
@@ -41,6 +42,10 @@ def schedules() -> dict[str, tuple[str, int]]:
         f"{PREFIX}refresh RFM and engagement scores": (
             REFRESH_SEGMENT_SCORES_TASK,
             int(app_settings.SEGMENT_SCORES_REFRESH_INTERVAL),
+        ),
+        f"{PREFIX}attribute orders to messages": (
+            ATTRIBUTE_ORDERS_TASK,
+            int(app_settings.ATTRIBUTION_INTERVAL),
         ),
     }
 

@@ -62,6 +62,8 @@ def campaign_tick_task() -> dict[str, int]:
     return tick(now=timezone.now()).as_dict()
 
 
-# Celery's autodiscovery reads this module only: importing the campaign tasks here registers
-# them with every worker (omnichannel.campaigns.fan_out).
+# Celery's autodiscovery reads this module only: importing the campaign and analytics tasks
+# here registers them with every worker (omnichannel.campaigns.fan_out,
+# omnichannel.analytics.attribute_orders).
+from .analytics.tasks import attribute_orders_task  # noqa: E402, F401
 from .campaigns.tasks import fan_out_task  # noqa: E402, F401

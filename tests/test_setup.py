@@ -57,6 +57,7 @@ def test_setup_schedules_creates_and_updates_only_its_own_rows(settings):
         "omnichannel.channels.deliver_due",
         "omnichannel.campaigns.tick",
         "omnichannel.segments.refresh_rfm",
+        "omnichannel.analytics.attribute_orders",
     }
     settings.OMNICHANNEL = {"EVENT_FOLD_INTERVAL": 30}
     call_command("omnichannel_setup_schedules", stdout=out)

@@ -1,0 +1,627 @@
+"""Attribution of orders (online and offline) to the messages that earned them.
+
+An order is an ``order_placed`` event with a profile (the fold has resolved who placed it).
+It goes to at most one message of that person: the last one clicked within the click window
+before the order, else the last one opened within the open window, else the last one
+delivered within the delivery window on a channel that reports no opens. A window is
+``[ordered_at - window, ordered_at)``: its start counts, the order's own instant does not.
+Every other message that touched the order within the windows is kept as an ``Influence``.
+
+A run has two passes, both set-based and batched by ``ATTRIBUTION_BATCH_SIZE``:
+
+* **New orders** get their ``Conversion`` (model "none" when nothing touched them) with one
+  ``INSERT ... SELECT`` for the conversions and one for the influences; ``ON CONFLICT DO
+  NOTHING`` on the one-conversion-per-order constraint makes a repeated or concurrent run
+  harmless.
+* **Re-checks**: conversions whose answer may have changed since ``attributed_at`` (the time
+  they were last computed): a click, open or delivery of the person's messages that happened
+  within the windows before the order was *recorded* after that time (a late webhook, a click
+  on an old email), or the person's profile absorbed another one since (a merge brings that
+  person's messages and orders). They are recomputed with the same SQL; changed rows are
+  updated in place, their influences replaced, and ``attributed_at`` moves to the run's time,
+  so the next run does not look at them again.
+
+See docs/analytics.md, section "Attribution".
+"""
+
+# ruff: noqa: S608  (SQL text holds identifiers and constants only; every value is a parameter)
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import Exists, F, Max, OuterRef
+from django.utils import timezone
+
+from ..channels.models import Message, MessageStatusChange
+from ..conf import app_settings
+from ..exceptions import ConfigurationError
+from ..profiles.models import Event, EventType, ProfileMerge
+from .models import AttributionModel, Conversion, Influence
+
+logger = logging.getLogger("omnichannel.analytics")
+
+#: Values of ATTRIBUTION_MODEL.
+LAST_TOUCH = "last_touch"
+LAST_CLICK = "last_click"
+MODELS = (LAST_TOUCH, LAST_CLICK)
+
+#: A report is committed (and a worker's clock agrees with the web server's) within this
+#: long after its ``recorded_at``: re-checks look that far back before ``attributed_at``, so a
+#: click whose transaction was still open while the attribution read the messages is not
+#: missed. Such a conversion is re-checked once more, to the same result.
+REPORT_COMMIT_MARGIN = timedelta(seconds=60)
+
+#: A batch that loses a race with a profile merge (the profile it read was deleted under it)
+#: is retried this many times at once; otherwise the next run picks it up.
+BATCH_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Touch:
+    """One kind of engagement that can give a message an order, in order of precedence."""
+
+    kind: str  # AttributionModel value
+    rank: int  # lower wins
+    column: str  # Message column holding its (first) time
+    window: timedelta
+    channels: tuple[str, ...] | None = None  # None: any channel
+
+    @property
+    def status(self) -> str:
+        return self.column.removesuffix("_at")
+
+
+def _window(name: str) -> timedelta:
+    value = getattr(app_settings, name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigurationError(
+            f"OMNICHANNEL[{name!r}] must be a number of seconds >= 0, not {value!r}"
+        )
+    return timedelta(seconds=value)
+
+
+def delivery_channels() -> tuple[str, ...]:
+    """Channels whose deliveries can win an order: ATTRIBUTION_DELIVERY_CHANNELS, or when it
+    is None the configured channels whose backend reports no opens."""
+    configured = app_settings.ATTRIBUTION_DELIVERY_CHANNELS
+    if configured is None:
+        from ..channels.registry import get_channels
+
+        return tuple(name for name, channel in get_channels().items() if not channel.reports_opens)
+    if isinstance(configured, str) or not all(isinstance(name, str) for name in configured):
+        raise ConfigurationError(
+            "OMNICHANNEL['ATTRIBUTION_DELIVERY_CHANNELS'] must be None or a list of channel "
+            f"names, not {configured!r}"
+        )
+    return tuple(configured)
+
+
+@dataclass(frozen=True)
+class AttributionRules:
+    """The model and windows of one run, read from the settings once."""
+
+    model: str
+    click_window: timedelta
+    open_window: timedelta
+    delivery_window: timedelta
+    delivery_channels: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls) -> AttributionRules:
+        model = app_settings.ATTRIBUTION_MODEL
+        if model not in MODELS:
+            raise ConfigurationError(
+                f"OMNICHANNEL['ATTRIBUTION_MODEL'] must be one of {list(MODELS)}, not {model!r}"
+            )
+        return cls(
+            model=model,
+            click_window=_window("ATTRIBUTION_CLICK_WINDOW"),
+            open_window=_window("ATTRIBUTION_OPEN_WINDOW"),
+            delivery_window=_window("ATTRIBUTION_DELIVERY_WINDOW"),
+            delivery_channels=delivery_channels(),
+        )
+
+    @property
+    def touches(self) -> list[Touch]:
+        """The engagements this model counts, strongest first; empty windows count nothing."""
+        touches = [Touch(AttributionModel.CLICK, 1, "clicked_at", self.click_window)]
+        if self.model == LAST_TOUCH:
+            touches.append(Touch(AttributionModel.OPEN, 2, "opened_at", self.open_window))
+            if self.delivery_channels:
+                touches.append(
+                    Touch(
+                        AttributionModel.DELIVERY,
+                        3,
+                        "delivered_at",
+                        self.delivery_window,
+                        self.delivery_channels,
+                    )
+                )
+        return [touch for touch in touches if touch.window > timedelta(0)]
+
+    @property
+    def longest_window(self) -> timedelta:
+        return max((touch.window for touch in self.touches), default=timedelta(0))
+
+
+@dataclass
+class AttributionResult:
+    """What one run did."""
+
+    attributed: int = 0  #: new orders given a conversion (including model "none")
+    rechecked: int = 0  #: conversions recomputed after a late report or a merge
+    changed: int = 0  #: of those, how many now have another message or engagement
+    batches: int = 0
+    failed_batches: int = 0  #: batches that lost a race with a merge; the next run redoes them
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "attributed": self.attributed,
+            "rechecked": self.rechecked,
+            "changed": self.changed,
+            "batches": self.batches,
+            "failed_batches": self.failed_batches,
+        }
+
+
+# --- SQL ------------------------------------------------------------------------------------
+#
+# Built as text because an INSERT ... SELECT with window functions is beyond the ORM; table
+# names come from the models, values are parameters, and the one piece of date arithmetic
+# (order time minus a window) is the backend's own (a Python function on SQLite, which
+# compares dates as text in the format Django stores them).
+
+
+class _Sql:
+    """SQL text and its parameters, kept in the order they appear."""
+
+    def __init__(self, text: str = "", params: Iterable[Any] = ()) -> None:
+        self.text = text
+        self.params = list(params)
+
+    def __add__(self, other: _Sql | str) -> _Sql:
+        if isinstance(other, str):
+            return _Sql(self.text + other, self.params)
+        return _Sql(self.text + other.text, self.params + other.params)
+
+    @classmethod
+    def join(cls, separator: str, parts: Sequence[_Sql]) -> _Sql:
+        joined = _Sql()
+        for index, part in enumerate(parts):
+            joined = joined + (separator if index else "") + part
+        return joined
+
+
+def _table(model: type[models.Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _placeholders(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def _minus(column: str, window: timedelta) -> _Sql:
+    """``column - window`` in the backend's own date arithmetic."""
+    expression = connection.ops.combine_duration_expression("-", [column, "%s"])
+    return _Sql(expression, [models.DurationField().get_db_prep_value(window, connection)])
+
+
+def _kind_case(rank_column: str, rules: AttributionRules) -> str:
+    """The AttributionModel value of a touch rank (NULL: no touch -> "none")."""
+    whens = " ".join(f"WHEN {touch.rank} THEN '{touch.kind}'" for touch in rules.touches)
+    if not whens:
+        return f"'{AttributionModel.NONE}'"
+    return f"CASE {rank_column} {whens} ELSE '{AttributionModel.NONE}' END"
+
+
+def _orders(where: _Sql, rules: AttributionRules) -> _Sql:
+    """Derived table of the order events matching ``where`` (on alias ``e``), each with the
+    start of every window."""
+    columns = _Sql(
+        "e.id AS event_id, e.profile_id AS profile_id, e.occurred_at AS ordered_at, "
+        "e.order_id AS order_id, e.amount AS amount, e.currency AS currency"
+    )
+    for touch in rules.touches:
+        columns = columns + ", " + _minus("e.occurred_at", touch.window) + f" AS {touch.kind}_from"
+    return (
+        _Sql("SELECT ")
+        + columns
+        + f" FROM {_table(Event)} e WHERE e.type = %s AND e.profile_id IS NOT NULL AND ("
+        + _Sql("", [EventType.ORDER_PLACED])
+        + where
+        + ")"
+    )
+
+
+def _touch_condition(touch: Touch) -> _Sql:
+    condition = _Sql(
+        f"(m.{touch.column} >= o.{touch.kind}_from AND m.{touch.column} < o.ordered_at"
+    )
+    if touch.channels is not None:
+        condition = condition + _Sql(
+            f" AND m.channel IN ({_placeholders(touch.channels)})", touch.channels
+        )
+    return condition + ")"
+
+
+def _touches(orders: _Sql, rules: AttributionRules) -> _Sql:
+    """(event_id, message_id, touch_rank, touched_at): each message of the order's profile
+    that touched it, once, by its strongest engagement within the windows."""
+    touches = rules.touches
+    conditions = [_touch_condition(touch) for touch in touches]
+    if len(touches) == 1:
+        rank = _Sql(str(touches[0].rank))
+        touched_at = _Sql(f"m.{touches[0].column}")
+    else:
+        rank, touched_at = _Sql("CASE"), _Sql("CASE")
+        for touch, condition in zip(touches[:-1], conditions[:-1], strict=True):
+            rank = rank + " WHEN " + condition + f" THEN {touch.rank}"
+            touched_at = touched_at + " WHEN " + condition + f" THEN m.{touch.column}"
+        rank = rank + f" ELSE {touches[-1].rank} END"
+        touched_at = touched_at + f" ELSE m.{touches[-1].column} END"
+    return (
+        _Sql("SELECT o.event_id AS event_id, m.id AS message_id, ")
+        + rank
+        + " AS touch_rank, "
+        + touched_at
+        + " AS touched_at FROM ("
+        + orders
+        + f") o JOIN {_table(Message)} m ON m.profile_id = o.profile_id WHERE ("
+        + _Sql.join(" OR ", conditions)
+        + ")"
+    )
+
+
+def _winners(orders: _Sql, rules: AttributionRules) -> _Sql:
+    """(event_id, message_id, touch_rank, touched_at) of the one winning touch per order:
+    strongest kind, then latest, then the newer message (higher id) on a tie."""
+    return (
+        _Sql(
+            "SELECT event_id, message_id, touch_rank, touched_at FROM ("
+            "SELECT t.event_id, t.message_id, t.touch_rank, t.touched_at, ROW_NUMBER() OVER ("
+            "PARTITION BY t.event_id "
+            "ORDER BY t.touch_rank, t.touched_at DESC, t.message_id DESC) AS place FROM ("
+        )
+        + _touches(orders, rules)
+        + ") t) ranked WHERE place = 1"
+    )
+
+
+def _attributions(where: _Sql, rules: AttributionRules) -> _Sql:
+    """The Conversion columns (except id and attributed_at) of the orders matching ``where``."""
+    if not rules.touches:
+        winners = _Sql(
+            "SELECT NULL AS event_id, NULL AS message_id, NULL AS touch_rank, "
+            "NULL AS touched_at WHERE 1 = 0"
+        )
+    else:
+        winners = _winners(_orders(where, rules), rules)
+    return (
+        _Sql(
+            "SELECT o.event_id AS order_event_id, o.order_id AS order_id, "
+            "o.profile_id AS profile_id, o.ordered_at AS ordered_at, "
+            "COALESCE(o.amount, 0) AS revenue, o.currency AS currency, "
+            f"{_kind_case('w.touch_rank', rules)} AS model, w.message_id AS message_id, "
+            "m.campaign_id AS campaign_id, m.step_id AS step_id, m.variant_id AS variant_id, "
+            "COALESCE(m.channel, '') AS channel, w.touched_at AS touched_at FROM ("
+        )
+        + _orders(where, rules)
+        + ") o LEFT JOIN ("
+        + winners
+        + f") w ON w.event_id = o.event_id LEFT JOIN {_table(Message)} m ON m.id = w.message_id"
+    )
+
+
+#: Conversion columns written by the attribution, in the order of _attributions.
+ATTRIBUTED_COLUMNS = (
+    "order_event_id",
+    "order_id",
+    "profile_id",
+    "ordered_at",
+    "revenue",
+    "currency",
+    "model",
+    "message_id",
+    "campaign_id",
+    "step_id",
+    "variant_id",
+    "channel",
+    "touched_at",
+)
+
+#: What a re-check compares and updates (the order's own columns never change).
+RECHECKED_FIELDS = (
+    "profile_id",
+    "model",
+    "message_id",
+    "campaign_id",
+    "step_id",
+    "variant_id",
+    "channel",
+    "touched_at",
+)
+
+
+def _insert_conversions(where: _Sql, rules: AttributionRules, *, now: datetime) -> int:
+    columns = ", ".join(ATTRIBUTED_COLUMNS)
+    sql = (
+        _Sql(
+            f"INSERT INTO {_table(Conversion)} ({columns}, attributed_at) SELECT a.*, %s FROM (",
+            [_datetime_param(now)],
+        )
+        + _attributions(where, rules)
+        # The WHERE keeps SQLite from reading ON CONFLICT as a join's ON (its documented
+        # ambiguity of INSERT ... SELECT with an upsert clause).
+        + ") a WHERE 1 = 1 ON CONFLICT (order_event_id) DO NOTHING"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql.text, sql.params)
+        return max(cursor.rowcount, 0)
+
+
+def _insert_influences(where: _Sql, conversions_where: _Sql, rules: AttributionRules) -> int:
+    """Influences of the orders matching ``where`` whose conversion matches
+    ``conversions_where`` (alias ``c``): every touch but the winner's."""
+    if not rules.touches:
+        return 0
+    sql = (
+        _Sql(
+            f"INSERT INTO {_table(Influence)} (conversion_id, message_id, model, touched_at) "
+            f"SELECT c.id, t.message_id, {_kind_case('t.touch_rank', rules)}, t.touched_at FROM ("
+        )
+        + _touches(_orders(where, rules), rules)
+        + f") t JOIN {_table(Conversion)} c ON c.order_event_id = t.event_id "
+        "WHERE c.message_id <> t.message_id AND ("
+        + conversions_where
+        + ") ON CONFLICT (conversion_id, message_id) DO NOTHING"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql.text, sql.params)
+        return max(cursor.rowcount, 0)
+
+
+# --- new orders -----------------------------------------------------------------------------
+
+
+def _pending_orders(*, now: datetime, since: datetime | None) -> models.QuerySet[Event]:
+    """Order events with a profile and no conversion yet, placed by ``now`` (and since)."""
+    pending = Event.objects.filter(
+        type=EventType.ORDER_PLACED, profile__isnull=False, occurred_at__lte=now
+    ).filter(~Exists(Conversion.objects.filter(order_event=OuterRef("pk"))))
+    if since is not None:
+        pending = pending.filter(occurred_at__gte=since)
+    return pending
+
+
+def _datetime_param(value: datetime) -> Any:
+    return models.DateTimeField().get_db_prep_value(value, connection)
+
+
+def _new_orders_where(
+    first_id: int, last_id: int, *, now: datetime, since: datetime | None
+) -> _Sql:
+    where = _Sql(
+        "e.id >= %s AND e.id <= %s AND e.occurred_at <= %s AND NOT EXISTS ("
+        f"SELECT 1 FROM {_table(Conversion)} done WHERE done.order_event_id = e.id)",
+        [first_id, last_id, _datetime_param(now)],
+    )
+    if since is not None:
+        where = where + _Sql(" AND e.occurred_at >= %s", [_datetime_param(since)])
+    return where
+
+
+def _attribute_new_batch(
+    first_id: int, last_id: int, *, rules: AttributionRules, now: datetime, since: datetime | None
+) -> int:
+    """Conversions and influences for the pending orders with ids in [first_id, last_id]."""
+    with transaction.atomic():
+        created = _insert_conversions(
+            _new_orders_where(first_id, last_id, now=now, since=since), rules, now=now
+        )
+        if created:
+            # This run's conversions of the range: the orders just attributed.
+            just_made = _Sql(
+                "c.attributed_at = %s AND c.order_event_id >= %s AND c.order_event_id <= %s",
+                [_datetime_param(now), first_id, last_id],
+            )
+            in_range = _Sql("e.id >= %s AND e.id <= %s", [first_id, last_id])
+            _insert_influences(in_range, just_made, rules)
+    return created
+
+
+# --- re-checks ------------------------------------------------------------------------------
+
+
+def _recheck_candidates(
+    *, rules: AttributionRules, now: datetime, since: datetime | None
+) -> list[int]:
+    """Order event ids of the conversions a late report or a merge may have changed."""
+    last_run = Conversion.objects.aggregate(last=Max("attributed_at"))["last"]
+    if last_run is None:
+        return []
+    # Anything that can matter was recorded after the oldest attributed_at it is compared
+    # with, which is at most the latest one: scan only what came since (minus the margin).
+    scan_from = min(last_run, now) - REPORT_COMMIT_MARGIN
+    found: set[int] = set()
+    statuses = sorted({touch.status for touch in rules.touches})
+    if statuses:
+        conversion = "message__profile__conversions__"
+        late = MessageStatusChange.objects.filter(
+            recorded_at__gte=scan_from,
+            status__in=statuses,
+            # One filter() call: these all name the same conversion (one join).
+            **{
+                f"{conversion}ordered_at__gt": F("occurred_at"),
+                f"{conversion}ordered_at__lte": F("occurred_at") + rules.longest_window,
+                f"{conversion}attributed_at__lte": F("recorded_at") + REPORT_COMMIT_MARGIN,
+                **({f"{conversion}ordered_at__gte": since} if since is not None else {}),
+            },
+        )
+        found.update(late.values_list(f"{conversion}order_event_id", flat=True).distinct())
+    merged = ProfileMerge.objects.filter(
+        created_at__gte=scan_from,
+        survivor__conversions__attributed_at__lte=F("created_at") + REPORT_COMMIT_MARGIN,
+        **({"survivor__conversions__ordered_at__gte": since} if since is not None else {}),
+    )
+    found.update(merged.values_list("survivor__conversions__order_event_id", flat=True).distinct())
+    return sorted(found)
+
+
+def _recheck_batch(event_ids: list[int], *, rules: AttributionRules, now: datetime) -> int:
+    """Recompute the conversions of ``event_ids``; return how many changed."""
+    with transaction.atomic():
+        where = _Sql(f"e.id IN ({_placeholders(event_ids)})", event_ids)
+        fields = ", ".join(f"a.{name}" for name in RECHECKED_FIELDS)
+        query = (
+            _Sql(f"SELECT c.id, {fields} FROM {_table(Conversion)} c JOIN (")
+            + _attributions(where, rules)
+            + ") a ON a.order_event_id = c.order_event_id"
+        )
+        # raw() converts each column like its model field (dates are text on SQLite).
+        recomputed = list(Conversion.objects.raw(query.text, query.params))
+        stored = {
+            row["pk"]: row
+            for row in Conversion.objects.filter(order_event_id__in=event_ids).values(
+                "pk", *RECHECKED_FIELDS
+            )
+        }
+        changed = [
+            conversion
+            for conversion in recomputed
+            if conversion.pk in stored
+            and any(
+                getattr(conversion, name) != stored[conversion.pk][name]
+                for name in RECHECKED_FIELDS
+            )
+        ]
+        if changed:
+            Conversion.objects.bulk_update(
+                changed, [name.removesuffix("_id") for name in RECHECKED_FIELDS]
+            )
+        # attributed_at is also "checked at": the reports that led here are now older.
+        Conversion.objects.filter(order_event_id__in=event_ids).update(attributed_at=now)
+        Influence.objects.filter(conversion__order_event_id__in=event_ids).delete()
+        _insert_influences(
+            where, _Sql(f"c.order_event_id IN ({_placeholders(event_ids)})", event_ids), rules
+        )
+    return len(changed)
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+def _with_retries(work: Callable[[], int], result: AttributionResult, what: str) -> int | None:
+    """Run one batch; a lost race with a merge (IntegrityError) is retried, then left for the
+    next run. Returns the batch's count, or None when it gave up."""
+    for attempt in range(BATCH_RETRIES + 1):
+        try:
+            return work()
+        except IntegrityError:
+            logger.info("attribution: %s hit a concurrent change (try %s)", what, attempt + 1)
+    result.failed_batches += 1
+    logger.warning("attribution: %s left for the next run", what)
+    return None
+
+
+def attribute_orders(
+    now: datetime | None = None,
+    *,
+    since: datetime | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+) -> AttributionResult:
+    """Attribute every order not attributed yet and re-check those a late report or a merge
+    may have changed; idempotent. ``since`` limits both to orders placed since then;
+    ``max_batches`` bounds the new-order batches of one run (the rest waits for the next)."""
+    now = now or timezone.now()
+    batch_size = app_settings.ATTRIBUTION_BATCH_SIZE if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ConfigurationError(f"the attribution batch size must be >= 1, not {batch_size}")
+    rules = AttributionRules.from_settings()
+    result = AttributionResult()
+
+    # Re-checks first: they look at reports recorded since the latest attributed_at, which
+    # the new-order pass is about to move.
+    candidates = _recheck_candidates(rules=rules, now=now, since=since)
+    for start in range(0, len(candidates), batch_size):
+        chunk = candidates[start : start + batch_size]
+        changed = _with_retries(
+            partial(_recheck_batch, chunk, rules=rules, now=now),
+            result,
+            f"re-check of {len(chunk)} orders",
+        )
+        result.batches += 1
+        if changed is not None:
+            result.rechecked += len(chunk)
+            result.changed += changed
+
+    after = 0
+    new_batches = 0
+    while max_batches is None or new_batches < max_batches:
+        ids = list(
+            _pending_orders(now=now, since=since)
+            .filter(pk__gt=after)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            break
+        first_id, last_id = ids[0], ids[-1]
+        created = _with_retries(
+            partial(_attribute_new_batch, first_id, last_id, rules=rules, now=now, since=since),
+            result,
+            f"orders {first_id}..{last_id}",
+        )
+        result.attributed += created or 0
+        result.batches += 1
+        new_batches += 1
+        after = last_id
+    if result.attributed or result.changed:
+        logger.info("attribution: %s", result.as_dict())
+    return result
+
+
+def rebuild_attribution(
+    now: datetime | None = None,
+    *,
+    since: datetime | None = None,
+    batch_size: int | None = None,
+) -> AttributionResult:
+    """Attribute every order (placed since ``since``) again from scratch, with the current
+    settings: batch by batch, each batch's old conversions are dropped and new ones written in
+    one transaction, so reports never see an order without its conversion."""
+    now = now or timezone.now()
+    batch_size = app_settings.ATTRIBUTION_BATCH_SIZE if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ConfigurationError(f"the attribution batch size must be >= 1, not {batch_size}")
+    rules = AttributionRules.from_settings()
+    result = AttributionResult()
+    orders = Event.objects.filter(
+        type=EventType.ORDER_PLACED, profile__isnull=False, occurred_at__lte=now
+    )
+    if since is not None:
+        orders = orders.filter(occurred_at__gte=since)
+    after = 0
+    while True:
+        ids = list(
+            orders.filter(pk__gt=after).order_by("pk").values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            break
+        first_id, last_id = ids[0], ids[-1]
+        with transaction.atomic():
+            old = Conversion.objects.filter(order_event_id__in=ids)
+            Influence.objects.filter(conversion__in=old).delete()
+            old.delete()
+            result.attributed += _attribute_new_batch(
+                first_id, last_id, rules=rules, now=now, since=since
+            )
+        result.batches += 1
+        after = last_id
+    return result
