@@ -671,3 +671,98 @@ def test_the_task_runs_the_attribution():
     assert attribute_orders_task()["attributed"] == 1
     assert ATTRIBUTE_ORDERS_TASK in app.tasks
     assert ATTRIBUTE_ORDERS_TASK in {task for task, _seconds in schedules().values()}
+
+
+# --- through the shop ---------------------------------------------------------------------------
+
+
+def test_a_checkout_after_a_click_on_a_campaign_email_is_attributed_to_it(time_machine):
+    """Oscar's real views: a basket abandoned, the reminder email sent by the engine, its
+    tracked link clicked, then the checkout; the fold and the attribution as the workers run
+    them."""
+    from urllib.parse import urlsplit
+
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.urls import reverse
+    from oscar.core.loading import get_model
+
+    from omnichannel.campaigns.engine import tick
+    from omnichannel.campaigns.models import CampaignKind
+    from omnichannel.channels.sending import deliver_due_messages
+    from omnichannel.profiles.consents import record_consent
+    from omnichannel.profiles.identity import fold_pending_events
+    from omnichannel.profiles.recording import registration_event, save_event
+    from omnichannel.tracking.links import click_url
+    from tests import shop
+
+    def at(moment: datetime) -> datetime:
+        time_machine.move_to(moment, tick=False)
+        return moment
+
+    def run_workers(now: datetime) -> None:
+        fold_pending_events(now=now, batch_size=500)
+        tick(now=now, dispatch=False)
+        deliver_due_messages(now=now)
+
+    start = at(ORDER_AT)
+    campaign = Campaign.objects.create(
+        name="Basket reminder",
+        kind=CampaignKind.TRIGGERED,
+        status=CampaignStatus.ACTIVE,
+        trigger="abandoned_basket",
+        trigger_options={"delay_minutes": 60},
+    )
+    step = Step.objects.create(
+        campaign=campaign,
+        position=1,
+        channel="email",
+        wait=timedelta(0),
+        template="abandoned_basket",
+    )
+    user = get_user_model().objects.create_user(
+        username="ada", email="ada@example.com", password="correct-horse-9", first_name="Ada"
+    )
+    save_event(registration_event(user))
+    run_workers(start)
+    profile = CustomerProfile.objects.get(user=user)
+    record_consent(profile, channel="email", purpose="marketing", granted=True, now=start)
+
+    client = Client()
+    response = client.post(
+        reverse("customer:login"),
+        {"login-username": user.email, "login-password": "correct-horse-9", "login_submit": "1"},
+    )
+    assert response.status_code == 302
+    shop.add_to_basket(client, shop.create_product("120.00", title="Fridge"))
+    run_workers(start)
+    run_workers(at(start + HOUR))
+    email = Message.objects.get(campaign=campaign)
+    assert email.sent_at == start + HOUR
+
+    # Half an hour later Ada follows the email's link, and buys an hour after that.
+    at(start + 90 * MINUTE)
+    response = client.get(urlsplit(click_url(email, "/")).path)
+    assert response.status_code == 302
+    placed_at = at(start + 150 * MINUTE)
+    oscar_order = shop.checkout(client)
+    run_workers(placed_at)
+
+    result = attribute_orders(now=at(placed_at + 5 * MINUTE))
+
+    assert result.attributed == 1
+    conversion = Conversion.objects.get()
+    assert (conversion.model, conversion.message_id, conversion.touched_at) == (
+        AttributionModel.CLICK,
+        email.pk,
+        start + 90 * MINUTE,
+    )
+    assert (conversion.campaign_id, conversion.step_id, conversion.channel) == (
+        campaign.pk,
+        step.pk,
+        "email",
+    )
+    assert conversion.order_id == oscar_order.pk
+    assert conversion.profile_id == profile.pk
+    assert conversion.revenue == get_model("order", "Order").objects.get().total_incl_tax
+    assert conversion.ordered_at == placed_at
