@@ -79,6 +79,7 @@ from .messages import (
     status_badge,
     template_keys,
 )
+from .reports import report_urls
 
 logger = logging.getLogger("omnichannel.admin")
 
@@ -680,6 +681,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 wrap(self.pause_view),
                 name="{}_{}_pause".format(*info),
             ),
+            *report_urls(self),  # the campaign reports (admin/reports.py)
             *super().get_urls(),
         ]
 

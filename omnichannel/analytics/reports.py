@@ -333,9 +333,9 @@ def overview_report(period: Period) -> OverviewReport:
 
 @dataclass
 class DayRow:
-    """One day of a campaign's time series."""
+    """One day of a campaign's time series (``day`` None: the totals row)."""
 
-    day: date
+    day: date | None
     sent: int = 0
     opened: int = 0
     clicked: int = 0
@@ -377,7 +377,7 @@ class CampaignReport:
 
     @property
     def daily_totals(self) -> DayRow:
-        total = DayRow(day=self.period.end)
+        total = DayRow(day=None)
         for row in self.daily:
             for name in ("sent", "opened", "clicked", "conversions", "revenue"):
                 setattr(total, name, getattr(total, name) + getattr(row, name))

@@ -1,0 +1,299 @@
+"""The campaign reports in the admin, through the test client on SQLite and PostgreSQL.
+
+The history is tests/analytics/report_data.py (1-3 March 2026, sums known in advance). Time
+is 3 March 2026 noon UTC, so the default period (the last 30 days) covers it.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from omnichannel.campaigns.models import Campaign
+from tests.analytics.report_data import build_history
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
+OVERVIEW = reverse("admin:omnichannel_campaign_reports")
+PERIOD = {"start": "2026-03-01", "end": "2026-03-03"}
+
+
+@pytest.fixture(autouse=True)
+def frozen_time():
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+@pytest.fixture
+def history():
+    return build_history()
+
+
+@pytest.fixture
+def boss(client, django_user_model):
+    user = django_user_model.objects.create_superuser("boss", "boss@example.com", "x")
+    client.force_login(user)
+    return client
+
+
+def report_url(campaign: Campaign) -> str:
+    return reverse("admin:omnichannel_campaign_report", args=[campaign.pk])
+
+
+def table_html(page: str, name: str) -> str:
+    match = re.search(
+        rf'<div class="module oc-report-table" id="oc-table-{name}".*?</table>', page, re.S
+    )
+    assert match, f"no table {name}"
+    return match.group(0)
+
+
+def cells(fragment: str) -> list[str]:
+    return [
+        html.unescape(re.sub(r"<[^>]+>", "", text)).strip()
+        for text in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", fragment, re.S)
+    ]
+
+
+def page_total(page: str, name: str) -> list[str]:
+    tfoot = re.search(r"<tfoot>(.*?)</tfoot>", table_html(page, name), re.S)
+    assert tfoot, f"table {name} has no totals row"
+    return cells(tfoot.group(1))
+
+
+def read_csv(response) -> list[list[str]]:
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/csv")
+    return list(csv.reader(io.StringIO(response.content.decode())))
+
+
+def same_number(shown: str, exported: str) -> bool:
+    """A page cell (1,234.50 / 12.5% / -) and its CSV value (1234.5 / 0.1250 / '') agree."""
+    if shown == "-":
+        return exported == ""
+    if shown.endswith("%"):
+        return abs(Decimal(shown[:-1].replace(",", "")) - Decimal(exported) * 100) <= Decimal(
+            "0.05"
+        )
+    return Decimal(shown.replace(",", "")) == Decimal(exported)
+
+
+def assert_csv_matches_page(
+    client, url: str, query: dict[str, str], page: str, name: str
+) -> list[list[str]]:
+    rows = read_csv(client.get(url, {**query, "format": "csv", "table": name}))
+    shown = page_total(page, name)
+    exported = rows[-1]
+    assert exported[0].lower() == shown[0].lower() == "total"
+    assert len(shown) == len(exported) == len(rows[0])
+    for header, on_page, in_csv in zip(rows[0][1:], shown[1:], exported[1:], strict=True):
+        assert same_number(on_page, in_csv), (name, header, on_page, in_csv)
+    return rows
+
+
+def test_campaign_report_shows_the_figures_charts_and_totals(boss, history):
+    response = boss.get(report_url(history.basket))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Report: Basket rescue" in page
+    # The default period: the 30 days ending today.
+    assert 'value="2026-02-02"' in page and 'value="2026-03-03"' in page
+    # 28 February is inside the default period: the earlier click and its 1000.00 order count.
+    assert page_total(page, "steps")[:9] == [
+        "Total",
+        "10",
+        "9",
+        "6",
+        "5",
+        "55.6%",
+        "5",
+        "50.0%",
+        "1,145.50",
+    ]
+    page = boss.get(report_url(history.basket), PERIOD).content.decode()
+    steps = cells(table_html(page, "steps"))
+    assert steps[12:24] == [
+        "Step 1: email",
+        "6",
+        "5",
+        "4",
+        "3",
+        "60.0%",
+        "3",
+        "50.0%",
+        "125.50",
+        "20.9167",
+        "0.0060",
+        "2091566.7%",
+    ]
+    assert page.count('<svg xmlns="http://www.w3.org/2000/svg" class="oc-chart') == 3
+    assert "Funnel: Basket rescue" in page and "Messages and conversions per day" in page
+    assert 'role="img"' in page
+    for name in ("steps", "channels", "variants", "daily", "mix", "funnel"):
+        assert f'id="oc-table-{name}"' in page
+
+
+def test_campaign_csv_totals_equal_the_page_totals(boss, history):
+    url = report_url(history.basket)
+    query = {"start": "2026-03-01", "end": "2026-03-03"}
+    page = boss.get(url, query).content.decode()
+    for name in ("steps", "channels", "variants"):
+        rows = assert_csv_matches_page(boss, url, query, page, name)
+        body = rows[1:-1]
+        for column in range(1, 5):  # sent .. clicked: the total is the sum of the rows
+            assert int(rows[-1][column]) == sum(int(row[column]) for row in body)
+        assert Decimal(rows[-1][8]) == sum(Decimal(row[8]) for row in body) == Decimal("145.50")
+    assert rows[0] == [
+        "label",
+        "sent",
+        "delivered",
+        "opened",
+        "clicked",
+        "ctr",
+        "conversions",
+        "conversion_rate",
+        "revenue",
+        "revenue_per_notification",
+        "cost",
+        "roi",
+    ]
+    daily = assert_csv_matches_page(boss, url, query, page, "daily")
+    assert [row[0] for row in daily] == ["day", "2026-03-01", "2026-03-02", "2026-03-03", "total"]
+    funnel = read_csv(boss.get(url, {**query, "format": "csv", "table": "funnel"}))
+    assert [(row[0], row[1]) for row in funnel[1:]] == [
+        ("Sent", "9"),
+        ("Delivered", "8"),
+        ("Opened", "5"),
+        ("Clicked", "4"),
+        ("Converted", "4"),
+    ]
+    mix = read_csv(boss.get(url, {**query, "format": "csv", "table": "mix"}))
+    assert mix[1][:4] == ["Basket rescue", "6", "3", "125.50"]
+    response = boss.get(url, {**query, "format": "csv", "table": "steps"})
+    assert response["Content-Disposition"] == (
+        f'attachment; filename="campaign-{history.basket.pk}-steps-2026-03-01-2026-03-03.csv"'
+    )
+
+
+def test_overview_lists_campaigns_with_links_and_customers(boss, history):
+    page = boss.get(OVERVIEW, PERIOD).content.decode()
+    campaigns = cells(table_html(page, "campaigns"))
+    assert "Basket rescue" in campaigns and "Win-back" in campaigns
+    link = report_url(history.basket) + "?start=2026-03-01&amp;end=2026-03-03"
+    assert f'<a href="{link}">Basket rescue</a>' in page
+    for name in ("campaigns", "channels", "mix", "rfm", "devices", "sources"):
+        assert_csv_matches_page(boss, OVERVIEW, PERIOD, page, name)
+    assert page_total(page, "campaigns")[1] == "11"
+    assert "6</strong> orders in the period" in page
+    # One profile in the history, without orders: the customer tables count it.
+    assert page_total(page, "rfm")[1] == "1"
+
+
+def test_bad_dates_show_a_form_error_never_a_500(boss, history):
+    url = report_url(history.basket)
+    for query, message in [
+        ({"start": "2026-13-01"}, "Enter a valid date."),
+        ({"start": "yesterday", "end": "2026-03-01"}, "Enter a valid date."),
+        ({"start": "2026-03-05", "end": "2026-03-01"}, "is before the start date"),
+        ({"start": "2020-01-01", "end": "2026-03-01"}, "at most 731 days"),
+    ]:
+        for target in (url, OVERVIEW):
+            response = boss.get(target, query)
+            assert response.status_code == 400, (target, query)
+            page = response.content.decode()
+            assert "These dates cannot make a report" in page
+            assert message in html.unescape(page)
+            assert 'id="oc-table-steps"' not in page and 'id="oc-table-campaigns"' not in page
+        response = boss.get(url, {**query, "format": "csv", "table": "steps"})
+        assert response.status_code == 400
+        assert message in response.content.decode()
+
+
+def test_only_the_start_or_the_end_given(boss, history):
+    page = boss.get(report_url(history.basket), {"start": "2026-03-02"}).content.decode()
+    assert "From 2 Mar 2026 to 3 Mar 2026" in page
+    page = boss.get(report_url(history.basket), {"end": "2026-03-01"}).content.decode()
+    assert "From 31 Jan 2026 to 1 Mar 2026" in page
+
+
+def test_unknown_csv_table_is_a_clear_400(boss, history):
+    response = boss.get(report_url(history.basket), {"format": "csv", "table": "nope"})
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert "Unknown table 'nope'" in text and "steps, channels, variants" in text
+
+
+def test_csv_cells_cannot_become_formulas(boss, history):
+    history.winback.name = '=HYPERLINK("http://evil")'
+    history.winback.save()
+    rows = read_csv(
+        boss.get(
+            OVERVIEW,
+            {"start": "2026-03-01", "end": "2026-03-03", "format": "csv", "table": "campaigns"},
+        )
+    )
+    assert [row[0] for row in rows if "HYPERLINK" in row[0]] == ['\'=HYPERLINK("http://evil")']
+
+
+def test_missing_campaign_is_404(boss, history):
+    assert boss.get(reverse("admin:omnichannel_campaign_report", args=[999999])).status_code == 404
+
+
+def test_anonymous_and_staff_without_permission_are_kept_out(client, django_user_model, history):
+    response = client.get(report_url(history.basket))
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    assert client.get(OVERVIEW).status_code == 302
+    staff = django_user_model.objects.create_user("clerk", password="x", is_staff=True)
+    client.force_login(staff)
+    assert client.get(report_url(history.basket)).status_code == 403
+    assert client.get(OVERVIEW).status_code == 403
+    csv_query = {"format": "csv", "table": "steps"}
+    assert client.get(report_url(history.basket), csv_query).status_code == 403
+    # A customer (not staff) goes to the login page.
+    customer = django_user_model.objects.create_user("shopper", password="x")
+    client.force_login(customer)
+    assert client.get(OVERVIEW).status_code == 302
+
+
+def test_view_permission_on_campaigns_shows_reports_customers_need_their_own(
+    client, django_user_model, history
+):
+    staff = django_user_model.objects.create_user("analyst", password="x", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_campaign"))
+    client.force_login(staff)
+    assert client.get(report_url(history.basket)).status_code == 200
+    page = client.get(OVERVIEW).content.decode()
+    assert 'id="oc-table-campaigns"' in page and 'id="oc-table-rfm"' not in page
+    rows = client.get(OVERVIEW, {"format": "csv", "table": "rfm"})
+    assert rows.status_code == 400  # not a table this user's report has
+    staff.user_permissions.add(Permission.objects.get(codename="view_customerprofile"))
+    staff = django_user_model.objects.get(pk=staff.pk)  # drop the permission cache
+    client.force_login(staff)
+    assert 'id="oc-table-rfm"' in client.get(OVERVIEW).content.decode()
+
+
+def test_campaign_pages_link_to_the_reports(boss, history):
+    change = boss.get(reverse("admin:omnichannel_campaign_change", args=[history.basket.pk]))
+    assert f'href="{report_url(history.basket)}"' in change.content.decode()
+    changelist = boss.get(reverse("admin:omnichannel_campaign_changelist"))
+    assert f'href="{OVERVIEW}"' in changelist.content.decode()
+
+
+def test_report_of_a_campaign_without_messages(boss, db):
+    quiet = Campaign.objects.create(name="Quiet", trigger="welcome")
+    response = boss.get(report_url(quiet))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Nothing in this period." in page
+    assert page.count('<svg xmlns="http://www.w3.org/2000/svg" class="oc-chart') == 3
+    assert page_total(page, "steps")[1:3] == ["0", "0"]
