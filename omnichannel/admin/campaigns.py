@@ -12,6 +12,13 @@ and renders that step's message for that person, storing nothing. "Send test" se
 content to the person through the real channel (``queue_message`` then ``deliver_message``),
 tagged ``test``: the message is not linked to the campaign, so reports never count it.
 
+A/B variants and the holdout: the campaign's "Measurement" fields set the share of people held
+out (they get nothing, so the report can show the uplift) and the conversion window. A step's
+variants are edited on the step's own page (the "variants" link on each step row: Django has
+no nested inlines), one row per variant with its weight, channel, subject and content, checked
+by ``campaigns.content.validate_variant``. The preview says whether the person is held out and
+which variant they get, and renders that variant (or the one staff pick).
+
 Enrollments are the engine's records: read-only here, with their history and messages; "End
 now" exits active ones.
 """
@@ -50,6 +57,8 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from ..campaigns import engine
+from ..campaigns.content import inline_parts, validate_variant
+from ..campaigns.groups import is_held_out, pick_variant
 from ..campaigns.models import (
     BEST_CHANNEL,
     Campaign,
@@ -61,6 +70,7 @@ from ..campaigns.models import (
     EnrollmentState,
     ExitReason,
     Step,
+    Variant,
 )
 from ..campaigns.triggers import registry as triggers
 from ..channels.base import BaseChannel
@@ -204,6 +214,26 @@ class WaitField(forms.Field):
             raise ValidationError(self.error_messages["invalid"], code="invalid") from None
 
 
+class WindowField(WaitField):
+    """The campaign's conversion window as short text ("7d", "36h"); must be longer than 0."""
+
+    widget = forms.TextInput(attrs={"size": 8, "class": "oc-window", "placeholder": "7d"})
+    default_error_messages = {
+        "invalid": _('Enter a window like "7d", "36h" or "1d 12h".'),
+        "not_positive": _("The conversion window must be longer than 0."),
+    }
+
+    def to_python(self, value: Any) -> timedelta | None:  # type: ignore[override]
+        if value in self.empty_values:
+            return None  # "required", not "0"
+        return super().to_python(value)
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        if value is not None and value <= timedelta(0):
+            raise ValidationError(self.error_messages["not_positive"], code="not_positive")
+
+
 class TriggerOptionsWidget(forms.Textarea):
     """The trigger options JSON, with each trigger's options (name, default, help) below it.
 
@@ -259,6 +289,12 @@ def trigger_catalog() -> list[dict[str, Any]]:
 class CampaignForm(forms.ModelForm):
     """The campaign; Campaign.clean names the failing field (trigger, trigger options, ...)."""
 
+    measure_window = WindowField(
+        label=_("conversion window"),
+        initial=timedelta(days=7),
+        help_text=Campaign._meta.get_field("measure_window").help_text,
+    )
+
     class Meta:
         model = Campaign
         fields = (
@@ -279,6 +315,8 @@ class CampaignForm(forms.ModelForm):
             "when_capped",
             "send_at",
             "send_at_best_hour",
+            "holdout_percent",
+            "measure_window",
         )
         widgets = {"trigger_options": TriggerOptionsWidget()}
 
@@ -358,14 +396,180 @@ class StepInline(admin.TabularInline):
     extra = 0
     min_num = 0
     ordering = ("position", "id")
-    fields = ("position", "channel", "wait", "stop_if", "template", "best_hour", "content")
+    fields = (
+        "position",
+        "channel",
+        "wait",
+        "stop_if",
+        "template",
+        "best_hour",
+        "content",
+        "variants_link",
+    )
+    readonly_fields = ("variants_link",)
     verbose_name = _("step")
     verbose_name_plural = _("steps (the cascade, in order)")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Step]:
+        return super().get_queryset(request).prefetch_related("variants")
 
     def get_extra(self, request, obj=None, **kwargs):
         if obj is None or not obj.pk or not obj.steps.exists():
             return STEP_EXTRA
         return 0
+
+    @admin.display(description=_("A/B variants"))
+    def variants_link(self, obj: Step) -> SafeString:
+        if obj is None or obj.pk is None:
+            return format_html("{}", gettext("save the step first"))
+        url = _admin_url(Step, "change", obj.pk, site_name=self.admin_site.name)
+        variants = list(obj.variants.all())
+        summary = variant_shares(variants) if variants else gettext("none")
+        return format_html(
+            '{} <a href="{}" class="oc-variants-link">{}</a>', summary, url or "", gettext("edit")
+        )
+
+
+def variant_shares(variants: list[Variant]) -> str:
+    """ "A 50 %, B 50 %": each variant's name and share of the step's people."""
+    total = sum(max(variant.weight, 1) for variant in variants) or 1
+    return ", ".join(
+        f"{variant.name} {round(100 * max(variant.weight, 1) / total)} %"
+        for variant in sorted(variants, key=lambda variant: variant.pk)
+    )
+
+
+# --- variants (on the step's page) --------------------------------------------------------------
+
+
+def variant_channel_choices() -> list[tuple[str, str]]:
+    return [("", gettext("(the step's channel)")), *step_channel_choices()]
+
+
+class VariantForm(forms.ModelForm):
+    """One variant; ``validate_variant`` checks its channel, content JSON and templates."""
+
+    class Meta:
+        model = Variant
+        fields = ("name", "weight", "channel", "subject", "content")
+        widgets = {
+            "name": forms.TextInput(attrs={"size": 10}),
+            "weight": forms.NumberInput(attrs={"min": 1, "style": "width: 4em"}),
+            "subject": forms.TextInput(attrs={"size": 30}),
+            "content": forms.Textarea(attrs={"rows": 3, "cols": 40, "class": "oc-step-content"}),
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Text, not a ChoiceField: an unknown channel reaches validate_variant, whose error
+        # lists the configured ones.
+        self.fields["channel"].widget = KeySelect(choices=variant_channel_choices())
+
+    def clean_content(self) -> Any:
+        value = self.cleaned_data.get("content")
+        return {} if value in (None, "") else value
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        try:
+            validate_variant(self.instance)
+        except ValidationError as exc:
+            self._update_errors(exc)
+
+
+class VariantInline(admin.TabularInline):
+    """The step's A/B variants: each person gets one, by a stable hash, weighed."""
+
+    model = Variant
+    form = VariantForm
+    extra = 0
+    fields = ("name", "weight", "share", "channel", "subject", "content")
+    readonly_fields = ("share",)
+    verbose_name = _("A/B variant")
+    verbose_name_plural = _("A/B variants (each person gets one)")
+
+    def get_extra(self, request, obj=None, **kwargs):
+        if obj is None or not obj.pk or not obj.variants.exists():
+            return 2
+        return 1
+
+    @admin.display(description=_("share"))
+    def share(self, obj: Variant) -> str:
+        if obj is None or obj.pk is None:
+            return EMPTY
+        variants = list(obj.step.variants.all())
+        total = sum(max(variant.weight, 1) for variant in variants) or 1
+        return f"{round(100 * max(obj.weight, 1) / total)} %"
+
+
+@admin.register(Step)
+class StepAdmin(admin.ModelAdmin):
+    """A step's page: its A/B variants (the step itself is edited on its campaign's page)."""
+
+    inlines = [VariantInline]
+    fields = (
+        "campaign_link",
+        "position",
+        "channel",
+        "wait_display",
+        "template",
+        "content_display",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Step]:
+        return super().get_queryset(request).select_related("campaign")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return False  # reached from a campaign's step rows, not the admin index
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # steps are added on their campaign's page
+
+    def get_formset_kwargs(self, request, obj, inline, prefix):
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, VariantInline) and obj is not None and not obj.variants.exists():
+            kwargs["initial"] = [{"name": "A"}, {"name": "B"}]
+        return kwargs
+
+    @admin.display(description=_("campaign"))
+    def campaign_link(self, obj: Step) -> SafeString:
+        url = _admin_url(Campaign, "change", obj.campaign_id, site_name=self.admin_site.name)
+        return _link(url, obj.campaign)
+
+    @admin.display(description=_("wait"))
+    def wait_display(self, obj: Step) -> str:
+        return format_duration(obj.wait) or "0"
+
+    @admin.display(description=_("inline content"))
+    def content_display(self, obj: Step) -> SafeString:
+        return _pretty_json(obj.content) if obj.content else format_html("{}", EMPTY)
+
+    def _back_to_campaign(self, obj: Step) -> HttpResponseRedirect:
+        url = _admin_url(Campaign, "change", obj.campaign_id, site_name=self.admin_site.name)
+        return HttpResponseRedirect(url or "../")
+
+    def response_change(self, request: HttpRequest, obj: Step) -> HttpResponse:
+        if "_continue" in request.POST or "_addanother" in request.POST:
+            return super().response_change(request, obj)
+        self.message_user(
+            request,
+            gettext("The variants of step %(position)s were saved.") % {"position": obj.position},
+            messages.SUCCESS,
+        )
+        return self._back_to_campaign(obj)
+
+    def response_delete(self, request: HttpRequest, obj_display: str, obj_id: Any) -> HttpResponse:
+        response = super().response_delete(request, obj_display, obj_id)
+        campaign_id = getattr(request, "_oc_deleted_step_campaign", None)
+        if campaign_id is None:
+            return response
+        url = _admin_url(Campaign, "change", campaign_id, site_name=self.admin_site.name)
+        return HttpResponseRedirect(url) if url else response
+
+    def delete_model(self, request: HttpRequest, obj: Step) -> None:
+        request._oc_deleted_step_campaign = obj.campaign_id  # type: ignore[attr-defined]
+        super().delete_model(request, obj)
 
 
 # --- filters ------------------------------------------------------------------------------------
@@ -409,6 +613,15 @@ def activation_problems(campaign: Campaign) -> list[str]:
                 % {"position": step.position, "error": error}
                 for error in exc.messages
             )
+        for variant in step.variants.all():
+            try:
+                validate_variant(variant)
+            except ValidationError as exc:
+                problems.extend(
+                    gettext("step %(position)s, variant %(name)s: %(error)s")
+                    % {"position": step.position, "name": variant.name, "error": error}
+                    for error in exc.messages
+                )
     return problems
 
 
@@ -474,6 +687,19 @@ class CampaignAdmin(admin.ModelAdmin):
         (
             _("Mass send"),
             {"fields": ("send_at", "send_at_best_hour", "launched_at"), "classes": ("oc-mass",)},
+        ),
+        (
+            _("Measurement: holdout and A/B variants"),
+            {
+                "fields": (("holdout_percent", "measure_window"),),
+                "description": _(
+                    "The holdout gets no message, so the report can compare the people who "
+                    "got the campaign with those who did not; an order within the conversion "
+                    "window after enrolling counts for both. Who is held out depends only on "
+                    "the person and the campaign, so it stays the same. A step's A/B variants "
+                    "are edited on the step's page: the variants link in its row."
+                ),
+            },
         ),
         (
             _("Progress"),
@@ -782,16 +1008,16 @@ class CampaignAdmin(admin.ModelAdmin):
         profile: CustomerProfile = form.cleaned_data["profile"]
         step, channel = form.cleaned_data["step"], form.cleaned_data["channel"]
         now = timezone.now()
+        decision = None
         if step is None or not channel:
             decision = _explain(campaign, profile, now=now)
             step = step or _step_in_question(decision) or form.first_step
-            if not channel:
-                channel = _decided_channel(decision, step) or (
-                    step.channel if step and step.channel != BEST_CHANNEL else ""
-                )
         if step is None:
             form.add_error(None, gettext("This campaign has no steps: there is nothing to send."))
             return None
+        variant, _notes = variant_for(campaign, step, profile, form.cleaned_data.get("variant"))
+        if not channel:
+            channel = _decided_channel(decision, step) or _fixed_channel(step, variant)
         if not channel:
             form.add_error(
                 "channel",
@@ -808,7 +1034,10 @@ class CampaignAdmin(admin.ModelAdmin):
                 "channel", gettext("The channel %(name)r cannot be used.") % {"name": channel}
             )
             return None
-        extra, _notes = step_context(campaign, step, profile, backend)
+        extra, _notes = step_context(campaign, step, profile, backend, variant)
+        tags = [TEST_TAG, f"campaign:{campaign.pk}", f"step:{step.position}"]
+        if variant is not None:
+            tags.append(f"variant:{variant.name}")
         try:
             message = queue_message(
                 profile,
@@ -816,9 +1045,9 @@ class CampaignAdmin(admin.ModelAdmin):
                 purpose=campaign.purpose,
                 now=now,
                 template=step.template,
-                inline=step_inline(step, backend),
+                inline=step_inline(step, backend, variant),
                 context=extra,
-                tags=[TEST_TAG, f"campaign:{campaign.pk}", f"step:{step.position}"],
+                tags=tags,
             )
         except NotReachable as exc:
             form.add_error(
@@ -856,6 +1085,8 @@ class CampaignAdmin(admin.ModelAdmin):
         else:
             self._report_test_send(request, message, message_url)
         query = {"profile": profile.pk, "step": step.pk, "channel": channel}
+        if variant is not None and form.cleaned_data.get("variant") is not None:
+            query["variant"] = variant.pk
         preview_url = _admin_url(Campaign, "preview", campaign.pk, site_name=self.admin_site.name)
         return HttpResponseRedirect(f"{preview_url}?{urlencode(query)}")
 
@@ -925,6 +1156,13 @@ class CampaignPreviewForm(forms.Form):
         required=False,
         help_text=_("Empty: the channel the engine would choose (the step's own, or the best)."),
     )
+    variant = forms.TypedChoiceField(
+        label=_("A/B variant"),
+        required=False,
+        coerce=int,
+        empty_value=None,
+        help_text=_("Empty: the variant this person gets (steps with variants only)."),
+    )
 
     def __init__(
         self,
@@ -948,6 +1186,22 @@ class CampaignPreviewForm(forms.Form):
             ("", gettext("(the engine's choice)")),
             *((name, backend.label or name) for name, backend in channels.items()),
         ]
+        self.variants = {
+            variant.pk: variant
+            for variant in Variant.objects.filter(step__in=steps).order_by("step__position", "pk")
+        }
+        for variant in self.variants.values():
+            variant.step = self.steps[variant.step_id]
+        if self.variants:
+            self.fields["variant"].choices = [
+                ("", gettext("(the person's own)")),
+                *(
+                    (pk, f"{step_label(variant.step)}: {variant.name}")
+                    for pk, variant in self.variants.items()
+                ),
+            ]
+        else:
+            del self.fields["variant"]
         profile = self.fields["profile"]
         # The profile admin's search (email, phone, name), as on the enrollment's profile field.
         profile.widget = ProfileAutocomplete(Enrollment._meta.get_field("profile"), admin_site)
@@ -962,6 +1216,28 @@ class CampaignPreviewForm(forms.Form):
             raise ValidationError(_("This step is not part of the campaign."))
         return self.steps[pk]
 
+    def clean_variant(self) -> Variant | None:
+        pk = self.cleaned_data.get("variant")
+        if pk is None:
+            return None
+        if pk not in self.variants:
+            raise ValidationError(_("This variant is not one of the campaign's."))
+        return self.variants[pk]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        variant, step = cleaned.get("variant"), cleaned.get("step")
+        if variant is not None:
+            if step is None:
+                cleaned["step"] = variant.step  # previewing a variant previews its step
+            elif step.pk != variant.step_id:
+                self.add_error(
+                    "variant",
+                    gettext("Variant %(name)s belongs to step %(position)s, not this step.")
+                    % {"name": variant.name, "position": variant.step.position},
+                )
+        return cleaned
+
 
 def step_label(step: Step) -> str:
     wait = format_duration(step.wait) or "0"
@@ -974,10 +1250,51 @@ def step_label(step: Step) -> str:
     }
 
 
-def step_inline(step: Step, backend: BaseChannel) -> dict[str, str] | None:
-    """The step's inline parts for this channel (by channel name, else by consent channel)."""
-    content = step.content if isinstance(step.content, dict) else {}
-    return content.get(backend.name) or content.get(backend.consent_channel) or None
+def step_inline(
+    step: Step, backend: BaseChannel, variant: Variant | None = None
+) -> dict[str, str] | None:
+    """The step's inline parts for this channel, the variant's over them (as the delivery
+    task renders them: ``campaigns.content.inline_parts``)."""
+    return inline_parts(backend, step, variant)
+
+
+def variant_for(
+    campaign: Campaign, step: Step, profile: CustomerProfile, chosen: Variant | None = None
+) -> tuple[Variant | None, list[str]]:
+    """The variant of ``step`` to show (``chosen``, else the person's own) and notes saying
+    whether the person is held out and which variant they get."""
+    notes: list[str] = []
+    if campaign.holdout_percent and is_held_out(profile.pk, campaign):
+        notes.append(
+            gettext(
+                "Held out: this person is in the campaign's holdout (%(percent)s %% of the "
+                "people) and gets no message from it. Below is what the others get."
+            )
+            % {"percent": campaign.holdout_percent}
+        )
+    variants = list(step.variants.all())
+    own = pick_variant(profile.pk, campaign.pk, variants)
+    if own is None:
+        return None, notes
+    if chosen is not None and chosen.pk != own.pk:
+        notes.append(
+            gettext(
+                "A/B: shown is variant %(chosen)s of step %(position)s; this person gets "
+                "variant %(own)s (%(shares)s)."
+            )
+            % {
+                "chosen": chosen.name,
+                "own": own.name,
+                "position": step.position,
+                "shares": variant_shares(variants),
+            }
+        )
+        return chosen, notes
+    notes.append(
+        gettext("A/B: this person gets variant %(name)s of step %(position)s (%(shares)s).")
+        % {"name": own.name, "position": step.position, "shares": variant_shares(variants)}
+    )
+    return own, notes
 
 
 def _explain(
@@ -1007,7 +1324,11 @@ def _decided_channel(decision: engine.Decision | None, step: Step | None) -> str
 
 
 def step_context(
-    campaign: Campaign, step: Step, profile: CustomerProfile, backend: BaseChannel
+    campaign: Campaign,
+    step: Step,
+    profile: CustomerProfile,
+    backend: BaseChannel,
+    variant: Variant | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The template context beyond the common one, as the delivery task would build it.
 
@@ -1022,7 +1343,7 @@ def step_context(
     )
     notes: list[str] = []
     if enrollment is not None:
-        built, note = _enrollment_context(campaign, step, profile, backend, enrollment)
+        built, note = _enrollment_context(campaign, step, profile, backend, enrollment, variant)
         if built is not None:
             return built, notes
         notes.append(note)
@@ -1036,6 +1357,7 @@ def step_context(
     context: dict[str, Any] = {
         "campaign": campaign,
         "step": step,
+        "variant": variant,
         "enrollment": enrollment,
         "items": [],
         "item": None,
@@ -1056,6 +1378,7 @@ def _enrollment_context(
     profile: CustomerProfile,
     backend: BaseChannel,
     enrollment: Enrollment,
+    variant: Variant | None = None,
 ) -> tuple[dict[str, Any] | None, str]:
     """The content builder's context for an unsaved message of this enrollment and step."""
     try:
@@ -1072,7 +1395,9 @@ def _enrollment_context(
             step=step,
             language=profile.language or settings.LANGUAGE_CODE,
         )
-        built = content.build_contexts(backend, [message]).get(message.pk)
+        built = content.build_contexts([message]).get(message.pk)
+        if isinstance(built, dict):
+            built["variant"] = variant  # the unsaved message has none to load
     except Exception as exc:  # the preview goes on with a plain context
         logger.warning(
             "campaign %s: could not build the message context", campaign.pk, exc_info=True
@@ -1111,8 +1436,10 @@ def render_step(
     step: Step,
     profile: CustomerProfile,
     extra: dict[str, Any],
+    variant: Variant | None = None,
 ) -> dict[str, Any]:
-    """The step's message for ``profile`` on ``backend`` as the engine sends it; unsaved."""
+    """The step's (or variant's) message for ``profile`` on ``backend`` as the engine sends
+    it; unsaved."""
     return build_preview(
         backend,
         profile=profile,
@@ -1120,7 +1447,7 @@ def render_step(
         purpose=campaign.purpose,
         template=step.template,
         context=extra,
-        inline=step_inline(step, backend),
+        inline=step_inline(step, backend, variant),
     )
 
 
@@ -1193,9 +1520,14 @@ def build_campaign_preview(
     if step is None:
         result["notes"].append(gettext("This campaign has no steps yet."))
         return result
-    channel = form.cleaned_data.get("channel") or _decided_channel(decision, step)
-    if not channel and step.channel != BEST_CHANNEL:
-        channel = step.channel
+    variant, group_notes = variant_for(campaign, step, profile, form.cleaned_data.get("variant"))
+    result["notes"].extend(group_notes)
+    result["variant"] = variant
+    channel = (
+        form.cleaned_data.get("channel")
+        or _decided_channel(decision, step)
+        or _fixed_channel(step, variant)
+    )
     result["step"] = step
     result["channel"] = channel
     if not channel:
@@ -1215,12 +1547,18 @@ def build_campaign_preview(
         )
         return result
     result["channel_label"] = backend.label or channel
-    extra, notes = step_context(campaign, step, profile, backend)
+    extra, notes = step_context(campaign, step, profile, backend, variant)
     result["notes"].extend(notes)
     result["rendered"] = render_step(
-        backend, campaign=campaign, step=step, profile=profile, extra=extra
+        backend, campaign=campaign, step=step, profile=profile, extra=extra, variant=variant
     )
     return result
+
+
+def _fixed_channel(step: Step, variant: Variant | None) -> str:
+    """The variant's channel, else the step's; "" when it is the best channel per person."""
+    channel = (variant.channel if variant is not None else "") or step.channel
+    return "" if channel == BEST_CHANNEL else channel
 
 
 # --- enrollments --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from omnichannel.campaigns.groups import is_held_out, pick_variant
 from omnichannel.campaigns.models import (
     Campaign,
     CampaignKind,
@@ -31,6 +32,7 @@ from omnichannel.campaigns.models import (
     EnrollmentState,
     ExitReason,
     Step,
+    Variant,
 )
 from omnichannel.channels.models import Message, MessageStatus, OutboxEntry
 from omnichannel.profiles.consents import record_consent
@@ -160,6 +162,8 @@ def form_data(**overrides: Any) -> dict[str, Any]:
         "when_capped": "delay",
         "send_at_0": "",
         "send_at_1": "",
+        "holdout_percent": "0",
+        "measure_window": "7d",
         "steps-TOTAL_FORMS": "0",
         "steps-INITIAL_FORMS": "0",
         "steps-MIN_NUM_FORMS": "0",
@@ -727,3 +731,248 @@ def test_end_now_leaves_an_enrollment_the_engine_is_working_on(staff, enrollment
     assert "0 enrollments ended." in flash(response)
     enrollment.refresh_from_db()
     assert enrollment.state == EnrollmentState.ACTIVE
+
+
+# --- holdout and A/B variants ------------------------------------------------------------------
+
+
+def step_url(step: Step) -> str:
+    return reverse("admin:omnichannel_step_change", args=[step.pk])
+
+
+def variant_rows(*rows: dict[str, Any], initial: int = 0) -> dict[str, Any]:
+    """The step page's POST: its variant rows (the step's own fields are read-only)."""
+    data: dict[str, Any] = {
+        "variants-TOTAL_FORMS": str(len(rows)),
+        "variants-INITIAL_FORMS": str(initial),
+        "variants-MIN_NUM_FORMS": "0",
+        "variants-MAX_NUM_FORMS": "1000",
+    }
+    for index, row in enumerate(rows):
+        values = {"weight": "1", "channel": "", "subject": "", "content": "{}", **row}
+        for key, value in values.items():
+            data[f"variants-{index}-{key}"] = str(value)
+    return data
+
+
+def test_holdout_and_conversion_window_are_edited_on_the_campaign(staff):
+    response = staff.post(ADD, form_data(holdout_percent="20", measure_window="3d 12h"))
+    assert response.status_code == 302, errors_of(response)
+    campaign = Campaign.objects.get()
+    assert (campaign.holdout_percent, campaign.measure_window) == (20, timedelta(days=3.5))
+    page = page_text(staff.get(reverse("admin:omnichannel_campaign_change", args=[campaign.pk])))
+    assert "Measurement: holdout and A/B variants" in page
+    assert 'value="3d 12h"' in page_html(
+        staff.get(reverse("admin:omnichannel_campaign_change", args=[campaign.pk]))
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"holdout_percent": "60"}, "Ensure this value is less than or equal to 50."),
+        ({"holdout_percent": "-1"}, "Ensure this value is greater than or equal to 0."),
+        ({"measure_window": "0"}, "The conversion window must be longer than 0."),
+        ({"measure_window": "a week"}, 'Enter a window like "7d", "36h" or "1d 12h".'),
+        ({"measure_window": ""}, "This field is required."),
+    ],
+)
+def test_bad_measurement_fields_are_form_errors(staff, overrides, expected):
+    response = staff.post(ADD, form_data(**overrides))
+    assert response.status_code == 200
+    assert expected in errors_of(response)
+    assert not Campaign.objects.exists()
+
+
+def test_each_step_row_links_to_its_variants(staff):
+    campaign = make_campaign(steps=2)
+    first = campaign.steps.get(position=1)
+    Variant.objects.create(step=first, name="Short", weight=3)
+    Variant.objects.create(step=first, name="Long", weight=1)
+    response = staff.get(reverse("admin:omnichannel_campaign_change", args=[campaign.pk]))
+    text = page_text(response)
+    assert "Short 75 %, Long 25 % edit" in text
+    assert "none edit" in text  # the second step has none
+    assert step_url(first) in page_html(response)
+
+
+def test_add_variants_on_the_step_page(staff):
+    campaign = make_campaign()
+    step = campaign.steps.get()
+    page = staff.get(step_url(step))
+    assert page.status_code == 200
+    html_text = page_html(page)
+    # Two empty rows named A and B to start with; the step's own fields are shown, not edited.
+    assert 'name="variants-0-name" value="A"' in html_text
+    assert 'name="variants-1-name" value="B"' in html_text
+    assert 'name="channel"' not in html_text
+    assert "Welcome" in page_text(page)
+
+    response = staff.post(
+        step_url(step),
+        variant_rows(
+            {"name": "A"},
+            {
+                "name": "B",
+                "weight": "3",
+                "channel": "sms",
+                "subject": "Last chance, {{ first_name }}",
+                "content": '{"sms": {"body.txt": "Hi {{ first_name }}"}}',
+            },
+        ),
+    )
+    assert response.status_code == 302, errors_of(response)
+    assert response["Location"] == reverse("admin:omnichannel_campaign_change", args=[campaign.pk])
+    assert list(step.variants.values_list("name", "weight", "channel")) == [
+        ("A", 1, ""),
+        ("B", 3, "sms"),
+    ]
+    assert step.variants.get(name="B").content == {"sms": {"body.txt": "Hi {{ first_name }}"}}
+    page = staff.get(step_url(step))
+    assert "25 %" in page_text(page) and "75 %" in page_text(page)
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"channel": "pigeon"}, "Unknown channel 'pigeon'; configured: email, sms"),
+        ({"content": "[1, 2]"}, 'Inline content must be {"<channel>": {"<part>": "<text>"}}.'),
+        ({"content": "{not json"}, "Enter a valid JSON."),
+        ({"content": '{"fax": {"body.txt": "x"}}'}, "Unknown channel 'fax' in the content"),
+        ({"content": '{"email": {"body.txt": "{% if %}"}}'}, "email / body.txt: Template error"),
+        ({"subject": "{{ first_name|nope }}"}, "Template error: Invalid filter: 'nope'"),
+        ({"weight": "0"}, "Ensure this value is greater than or equal to 1."),
+        ({"name": ""}, "This field is required."),
+    ],
+)
+def test_variant_errors_are_shown_on_the_row(staff, row, expected):
+    step = make_campaign().steps.get()
+    response = staff.post(step_url(step), variant_rows({"name": "A", **row}))
+    assert response.status_code == 200
+    assert expected in errors_of(response)
+    assert not Variant.objects.exists()
+
+
+def test_two_variants_of_a_step_need_two_names(staff):
+    step = make_campaign().steps.get()
+    response = staff.post(step_url(step), variant_rows({"name": "A"}, {"name": "A"}))
+    assert response.status_code == 200
+    assert "Please correct the duplicate data for name" in errors_of(response)
+
+
+def test_the_step_page_is_reached_from_campaigns_only(staff):
+    make_campaign()
+    index = page_html(staff.get(reverse("admin:index")))
+    assert reverse("admin:omnichannel_step_changelist") not in index
+    assert staff.get(reverse("admin:omnichannel_step_add")).status_code == 403
+
+
+def test_a_broken_variant_keeps_the_campaign_from_going_live(staff):
+    campaign = make_campaign()
+    Variant.objects.create(step=campaign.steps.get(), name="Fax", channel="fax")
+    response = staff.post(reverse("admin:omnichannel_campaign_activate", args=[campaign.pk]))
+    assert any("step 1, variant Fax: Unknown channel 'fax'" in text for text in flash(response))
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.DRAFT
+
+
+def ab_campaign(**fields: Any) -> tuple[Campaign, list[Variant]]:
+    campaign = make_campaign(status=CampaignStatus.ACTIVE, **fields)
+    step = campaign.steps.get()
+    variants = [
+        Variant.objects.create(step=step, name="Plain"),
+        Variant.objects.create(
+            step=step,
+            name="Urgent",
+            subject="Last chance, {{ first_name }}",
+            content={"email": {"body.txt": "Only today, {{ first_name }}."}},
+        ),
+    ]
+    return campaign, variants
+
+
+def people_in(campaign: Campaign, count: int = 40) -> list[CustomerProfile]:
+    return [person(f"P{index}", email=f"p{index}@example.com") for index in range(count)]
+
+
+def test_preview_says_which_variant_the_person_gets_and_renders_it(staff):
+    campaign, variants = ab_campaign()
+    people = people_in(campaign)
+    own = {p.pk: pick_variant(p.pk, campaign.pk, variants).name for p in people}
+    plain = next(p for p in people if own[p.pk] == "Plain")
+    urgent = next(p for p in people if own[p.pk] == "Urgent")
+
+    text = page_text(staff.get(preview_url(campaign), {"profile": urgent.pk}))
+    assert "A/B: this person gets variant Urgent of step 1 (Plain 50 %, Urgent 50 %)." in text
+    assert f"Last chance, {urgent.first_name}" in text
+    assert f"Only today, {urgent.first_name}." in text
+    assert "Held out" not in text
+
+    text = page_text(staff.get(preview_url(campaign), {"profile": plain.pk}))
+    assert "this person gets variant Plain" in text
+    assert f"{plain.first_name}, a word from Welcome" in text  # the step's own content
+
+    # Staff can look at the other variant; the page says it is not the person's.
+    text = page_text(
+        staff.get(preview_url(campaign), {"profile": plain.pk, "variant": variants[1].pk})
+    )
+    assert "shown is variant Urgent of step 1; this person gets variant Plain" in text
+    assert f"Last chance, {plain.first_name}" in text
+
+
+def test_preview_says_when_the_person_is_held_out(staff):
+    campaign, _variants = ab_campaign(holdout_percent=50)
+    people = people_in(campaign, 10)
+    held = next(p for p in people if is_held_out(p.pk, campaign))
+    treated = next(p for p in people if not is_held_out(p.pk, campaign))
+    text = page_text(staff.get(preview_url(campaign), {"profile": held.pk}))
+    assert "Held out: this person is in the campaign's holdout (50 % of the people)" in text
+    text = page_text(staff.get(preview_url(campaign), {"profile": treated.pk}))
+    assert "Held out" not in text
+
+
+def test_preview_of_a_variant_of_another_step_is_a_form_error(staff, ada):
+    campaign = make_campaign(steps=2)
+    first, second = campaign.steps.order_by("position")
+    variant = Variant.objects.create(step=second, name="Other")
+    response = staff.post(
+        preview_url(campaign),
+        {"profile": ada.pk, "step": first.pk, "variant": variant.pk, "_preview": "1"},
+    )
+    assert "Variant Other belongs to step 2, not this step." in errors_of(response)
+    stranger = Variant.objects.create(step=make_campaign("Other").steps.get(), name="X")
+    response = staff.post(
+        preview_url(campaign), {"profile": ada.pk, "variant": stranger.pk, "_preview": "1"}
+    )
+    assert "Select a valid choice." in errors_of(response)
+    # Choosing only the variant previews its step.
+    response = staff.post(
+        preview_url(campaign), {"profile": ada.pk, "variant": variant.pk, "_preview": "1"}
+    )
+    assert "Step 2 on" in page_text(response)
+
+
+def test_send_test_sends_the_persons_variant(staff):
+    campaign, variants = ab_campaign()
+    people = people_in(campaign)
+    urgent = next(p for p in people if pick_variant(p.pk, campaign.pk, variants).name == "Urgent")
+    response = staff.post(preview_url(campaign), {"profile": urgent.pk, "_send": "1"})
+    assert response.status_code == 302
+    message = Message.objects.get()
+    assert message.subject == f"Last chance, {urgent.first_name}"
+    assert message.body_text == f"Only today, {urgent.first_name}."
+    assert "variant:Urgent" in message.tags and "test" in message.tags
+
+
+def test_a_variant_with_its_own_channel_is_previewed_on_it(staff):
+    campaign = make_campaign(status=CampaignStatus.DRAFT)
+    step = campaign.steps.get()
+    sms = Variant.objects.create(
+        step=step, name="SMS", channel="sms", content={"sms": {"body.txt": "Hi {{ first_name }}"}}
+    )
+    grace = person("Grace", phone="+447700900123")
+    text = page_text(staff.get(preview_url(campaign), {"profile": grace.pk}))
+    # Whatever the engine decides, the message shown is the variant's, on its channel.
+    assert pick_variant(grace.pk, campaign.pk, [sms]) == sms
+    assert "Step 1 on SMS (nothing was stored or sent)" in text
+    assert "Hi Grace" in text
