@@ -38,6 +38,7 @@ from django.db.models import (
 from django.db.models.functions import Cast, Coalesce, Greatest
 
 from ..profiles.recording import savepoint_if_in_transaction
+from .groups import is_held_out
 from .models import (
     Campaign,
     CampaignKind,
@@ -194,6 +195,10 @@ def _is_newer(spec: EnrollmentSpec, row: dict[str, Any]) -> bool:
 
 
 def _insert(campaign: Campaign, specs: list[EnrollmentSpec], *, now: datetime) -> int:
+    # The holdout is decided here, for everyone enrolled, not when the first step comes due:
+    # people who buy before that must count in their own arm, or the holdout would keep only
+    # those who did not buy early and the uplift would look better than it is.
+    holding_out = campaign.holdout_percent > 0
     Enrollment.objects.bulk_create(
         [
             Enrollment(
@@ -206,6 +211,7 @@ def _insert(campaign: Campaign, specs: list[EnrollmentSpec], *, now: datetime) -
                 next_due_at=spec.due_at,
                 enrolled_at=now,
                 last_activity_at=spec.activity_at,
+                holdout=holding_out and is_held_out(spec.profile_id, campaign),
             )
             for spec in specs
         ],

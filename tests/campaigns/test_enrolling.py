@@ -11,6 +11,7 @@ from django.db import connection, transaction
 
 from omnichannel.campaigns import enrolling
 from omnichannel.campaigns.enrolling import enroll, enroll_from_events, scan_triggers
+from omnichannel.campaigns.groups import is_held_out
 from omnichannel.campaigns.models import (
     CampaignStatus,
     Enrollment,
@@ -74,6 +75,20 @@ def test_enroll_creates_active_enrollments_with_the_specs_data(make_campaign, ma
     assert enrollment.context == {"basket_id": 1}
     assert actions(enrollment) == [EnrollmentAction.ENROLLED]
     assert Enrollment.objects.get(profile=bob).next_due_at == NOW + 2 * HOUR
+
+
+def test_the_holdout_is_decided_when_people_are_enrolled(make_campaign, make_profile):
+    # Decided for everyone at enrollment, so people who buy before the first step stay in their
+    # arm: the holdout is compared with the treated on the same footing.
+    campaign = make_campaign("abandoned_basket", holdout_percent=30)
+    people = [make_profile() for _ in range(40)]
+    enroll(campaign, [spec(p, f"basket:{p.pk}", NOW + HOUR) for p in people], now=NOW)
+    held = set(Enrollment.objects.filter(holdout=True).values_list("profile_id", flat=True))
+    assert held == {p.pk for p in people if is_held_out(p.pk, campaign)}
+    assert 0 < len(held) < len(people)
+    untested = make_campaign("welcome")
+    enroll(untested, [spec(p, "", NOW) for p in people[:5]], now=NOW)
+    assert not Enrollment.objects.filter(campaign=untested, holdout=True).exists()
 
 
 @pytest.mark.parametrize(
