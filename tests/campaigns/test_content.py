@@ -14,13 +14,19 @@ from urllib.parse import urlparse
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from oscar.core.loading import get_model
 from oscar.test import factories
 
-from omnichannel.campaigns.content import items_for, render_pending_messages
-from omnichannel.campaigns.models import Enrollment, EnrollmentState, ExitReason, Step
+from omnichannel.campaigns.content import (
+    inline_parts,
+    items_for,
+    render_pending_messages,
+    validate_variant,
+)
+from omnichannel.campaigns.models import Enrollment, EnrollmentState, ExitReason, Step, Variant
 from omnichannel.channels.models import Message, MessageStatus, OutboxEntry
 from omnichannel.channels.registry import get_channel
 from omnichannel.channels.sending import deliver_due_messages
@@ -472,3 +478,84 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(make_campaign, catalog
     small, large = queries(batch(10)), queries(batch(50))
     assert small == large <= 20, (small, large)
     assert not Message.objects.filter(needs_render=True).exists()
+
+
+# --- A/B variants ------------------------------------------------------------------------------
+
+STEP_CONTENT = {
+    "email": {
+        "subject.txt": "Step subject for {{ first_name }}",
+        "body.txt": "Step text for {{ first_name }}",
+        "body.html": "<p>Step html for {{ first_name }}</p>",
+    },
+    "push": {"title.txt": "Step title", "body.txt": "Step push"},
+    "sms": {"body.txt": "Step sms"},
+}
+
+
+def test_a_variant_replaces_the_subject_and_its_own_parts(make_campaign):
+    campaign = make_campaign("welcome", [{"content": STEP_CONTENT}])
+    step = campaign.steps.get()
+    variant = Variant.objects.create(
+        step=step,
+        name="B",
+        subject="Variant {{ variant.name }} for {{ first_name }}",
+        content={"email": {"body.txt": "Variant text for {{ first_name }}"}},
+    )
+    other = Variant.objects.create(step=step, name="A")
+    ada, bob = person("Ada"), person("Bob")
+    with_variant = engine_message(campaign, ada)
+    Message.objects.filter(pk=with_variant.pk).update(variant=variant)
+    plain = engine_message(campaign, bob)
+    Message.objects.filter(pk=plain.pk).update(variant=other)
+
+    done = {m.profile.first_name: m for m in rendered([with_variant, plain])}
+
+    assert done["Ada"].subject == "Variant B for Ada"
+    assert done["Ada"].body_text == "Variant text for Ada"
+    assert "<p>Step html for Ada</p>" in done["Ada"].body_html  # the step's, not replaced
+    # A variant without a subject or parts of its own sends the step's content.
+    assert done["Bob"].subject == "Step subject for Bob"
+    assert done["Bob"].body_text == "Step text for Bob"
+
+
+def test_inline_parts_per_channel():
+    step = Step(content=STEP_CONTENT, template="welcome")
+    variant = Variant(
+        step=step, name="B", subject="Hurry", content={"push": {"body.txt": "Variant push"}}
+    )
+    push, sms, email = get_channel("push"), get_channel("sms"), get_channel("email")
+    assert inline_parts(push, step, variant) == {"title.txt": "Hurry", "body.txt": "Variant push"}
+    # SMS has no subject part: the variant's subject does not add one.
+    assert inline_parts(sms, step, variant) == {"body.txt": "Step sms"}
+    assert inline_parts(email, step, None) == STEP_CONTENT["email"]
+    assert inline_parts(email, Step(content={}), Variant(subject="Hi"))["subject.txt"] == "Hi"
+    assert inline_parts(email, Step(content={}), Variant()) is None
+
+
+def test_validate_variant_accepts_good_content_and_names_each_problem():
+    validate_variant(
+        Variant(
+            name="B",
+            channel="sms",
+            subject="{{ first_name }}",
+            content={"sms": {"body.txt": "Hi"}, "push": {"title.txt": "Hi"}},
+        )
+    )
+    validate_variant(Variant(name="Best", channel="best"))
+    with pytest.raises(ValidationError) as caught:
+        validate_variant(
+            Variant(
+                name="Bad",
+                channel="fax",
+                subject="{% if %}",
+                content={"email": {"body.txt": "{{ x|nope }}"}, "pager": {"body.txt": "x"}},
+            )
+        )
+    errors = caught.value.message_dict
+    assert errors["channel"][0].startswith("Unknown channel 'fax'; configured: ")
+    assert errors["subject"][0].startswith("Template error: ")
+    assert any(e.startswith("email / body.txt: Template error") for e in errors["content"])
+    assert any(e.startswith("Unknown channel 'pager' in the content") for e in errors["content"])
+    with pytest.raises(ValidationError, match="Inline content must be"):
+        validate_variant(Variant(name="List", content={"email": ["x"]}))
