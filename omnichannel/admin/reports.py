@@ -102,7 +102,7 @@ class ReportPeriodForm(forms.Form):
 
 
 def _percent(value: float | None) -> str:
-    return EMPTY if value is None else f"{value * 100:.1f}%"
+    return EMPTY if value is None else f"{value * 100:,.1f}%"
 
 
 def _fraction(value: float | None) -> str:
@@ -172,6 +172,7 @@ class Table:
             {
                 "text": c.show(c.value(row)),
                 "numeric": c.numeric,
+                "name": c.name,
                 "url": c.link(row) if c.link else None,
             }
             for c in self.columns

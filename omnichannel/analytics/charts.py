@@ -19,13 +19,12 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 #: Canvas in SVG units; the browser scales it to the container's width.
-WIDTH = 480
-HEIGHT = 270
+WIDTH = 420
+PLOT_HEIGHT = 170
 FONT_SIZE = 13
 MARGIN_LEFT = 56
 MARGIN_RIGHT = 14
 MARGIN_TOP = 34
-MARGIN_BOTTOM = 62
 
 #: Colours distinguishable with common colour blindness (Okabe-Ito); lines differ in dash too.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9")
@@ -102,10 +101,12 @@ def line_chart(
             raise ValueError(
                 f"series {line.name!r} has {len(line.values)} values for {len(dates)} dates"
             )
-    legend_rows = math.ceil(len(series) / 3)
-    height = HEIGHT + 18 * max(legend_rows - 1, 0)
+    legend_rows = max(math.ceil(len(series) / 3), 1)
     left, right = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
-    top, bottom = MARGIN_TOP, height - MARGIN_BOTTOM - 18 * max(legend_rows - 1, 0)
+    top, bottom = MARGIN_TOP, MARGIN_TOP + PLOT_HEIGHT
+    # Under the plot: the dates, the axis label, then the legend, one row per three series.
+    legend_top = bottom + 56
+    height = legend_top + 18 * (legend_rows - 1) + 12
     maximum = max((float(v) for line in series for v in line.values), default=0.0)
     ticks = nice_ticks(maximum)
     top_value = ticks[-1]
@@ -131,7 +132,9 @@ def line_chart(
     body.append('<g class="oc-chart-x-ticks" fill="#333">')
     for index, day in enumerate(dates):
         if index % label_every == 0:
-            body.append(_text(x_at(index), bottom + 16, day.strftime("%d %b")))
+            # The last date sits on the right edge: end it there rather than cut it.
+            anchor = "end" if index == len(dates) - 1 and len(dates) > 1 else "middle"
+            body.append(_text(x_at(index), bottom + 16, day.strftime("%d %b"), anchor=anchor))
     body.append("</g>")
     body.append(
         f'<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#333"/>'
@@ -165,7 +168,6 @@ def line_chart(
                     "</circle>"
                 )
         body.append("</g>")
-    legend_top = height - 20 - 18 * max(legend_rows - 1, 0)
     body.append('<g class="oc-chart-legend">')
     column = (WIDTH - MARGIN_LEFT) / 3
     for n, line in enumerate(series):

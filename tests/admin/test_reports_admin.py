@@ -134,7 +134,7 @@ def test_campaign_report_shows_the_figures_charts_and_totals(boss, history):
         "125.50",
         "20.9167",
         "0.0060",
-        "2091566.7%",
+        "2,091,566.7%",
     ]
     assert page.count('<svg xmlns="http://www.w3.org/2000/svg" class="oc-chart') == 3
     assert "Funnel: Basket rescue" in page and "Messages and conversions per day" in page
