@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -713,14 +714,19 @@ EMPTY_TICK_RUNS = 25
 
 class QueryCounter:
     """Counts the statements run on the default connection (execute_wrapper: no debug cursor,
-    so counting costs next to nothing)."""
+    so counting costs next to nothing), and their wall time by kind (see ``statement_kind``)."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.seconds: dict[str, float] = defaultdict(float)
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         self.count += 1
-        return execute(sql, params, many, context)
+        start = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.seconds[statement_kind(sql)] += time.perf_counter() - start
 
     def __enter__(self) -> QueryCounter:
         from django.db import connection
@@ -731,6 +737,20 @@ class QueryCounter:
 
     def __exit__(self, *exc: object) -> None:
         self._wrapper.__exit__(*exc)
+
+
+def statement_kind(sql: str) -> str:
+    """ "UPDATE omnichannel_enrollment", "SELECT omnichannel_message", "WITH ... INSERT
+    omnichannel_message": the verb and the first table it names."""
+    words = sql.replace('"', " ").replace("(", " ").split()
+    verb = words[0].upper() if words else "?"
+    for i, word in enumerate(words):
+        if word.upper() in {"FROM", "INTO", "UPDATE"} and i + 1 < len(words):
+            table = words[i + 1]
+            if verb == "WITH":
+                return f"WITH ... INSERT {table}"
+            return f"{verb} {table}"
+    return " ".join(words[:4])
 
 
 def _tick_campaign(name: str):
@@ -861,6 +881,7 @@ def _one_batch(size: int) -> dict[str, Any]:
         "queries": queries.count,
         "seconds": seconds,
         "per_s": result.claimed / seconds if seconds else 0.0,
+        "statements_s": dict(queries.seconds),
     }
 
 
@@ -996,6 +1017,13 @@ def _report_tick(f: dict[str, Any]) -> None:
     log(
         f"    queries per batch (claim + advance): {batches}: "
         + ("flat" if flat else "GROWS with the batch")
+    )
+    largest = f["batches"][-1]
+    spent = sorted(largest.get("statements_s", {}).items(), key=lambda item: -item[1])
+    log(
+        f"      statements of the batch of {largest['batch_size']:,} by wall time (the rest, "
+        f"{(largest['seconds'] - sum(s for _, s in spent)) * 1000:.0f} ms, is Python): "
+        + ", ".join(f"{kind} {seconds * 1000:.0f} ms" for kind, seconds in spent[:8])
     )
     log(
         f"    baseline, naive path (queue_message per enrollment) on {naive['enrollments']:,}: "

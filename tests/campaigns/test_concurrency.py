@@ -83,7 +83,7 @@ elif mode == "advance-uncommitted":
 
     def create_then_die(decisions, *, now):
         created = create_messages(decisions, now=now)  # inside advance's transaction
-        stop_here(sorted(m.pk for m in created.values()))
+        stop_here(sorted(created.values()))  # message ids
 
     engine._create_messages = create_then_die
     engine.tick(now=now, batch_size=argument, dispatch=False)
