@@ -288,6 +288,8 @@ class SimulationReport:
     blast_total: Totals
     #: The blast on the campaign's own channels only (every step at once).
     steps_blast_total: Totals
+    #: What the shop's own reports say: attribution and the holdout, per campaign.
+    measured: list[Measured] = field(default_factory=list)
 
     def text(self) -> str:
         """The report as the command prints it."""
@@ -311,8 +313,35 @@ class SimulationReport:
             *self._table(self.blast),
             "",
             *self._comparison(),
+            "",
+            *self._measured(),
         ]
         return "\n".join(lines)
+
+    def _measured(self) -> list[str]:
+        if not self.measured:
+            return []
+        header = (
+            f"{'campaign':<34}{'orders':>7}{'revenue':>11}{'treated':>9}{'held out':>10}"
+            f"{'conv. treated':>15}{'conv. held out':>16}  uplift"
+        )
+        out = [
+            "Measured like the shop's reports do: orders attributed to a message (last click, "
+            "open or delivery), and the holdout",
+            header,
+            "-" * len(header),
+        ]
+        for row in self.measured:
+            out.append(
+                f"{row.campaign[:33]:<34}{row.orders:>7}{row.revenue:>11.2f}{row.treated:>9}"
+                f"{row.held_out:>10}{_percent(row.treated_rate):>15}"
+                f"{_percent(row.held_out_rate):>16}  {row.uplift}"
+            )
+        out.append(
+            "(the admin's campaign reports show the same, with charts, per step, channel and "
+            "variant: /admin/omnichannel/campaign/reports/)"
+        )
+        return out
 
     def _table(self, rows: list[Row]) -> list[str]:
         header = (
@@ -381,6 +410,24 @@ class SimulationReport:
             ),
             line("cost per conversion", (per(c), per(s), per(b))),
         ]
+
+
+@dataclass
+class Measured:
+    """One campaign as the shop's reports see it: attributed orders and the holdout's uplift."""
+
+    campaign: str
+    orders: int
+    revenue: Decimal
+    treated: int
+    held_out: int
+    treated_rate: float | None
+    held_out_rate: float | None
+    uplift: str
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 # --- the day ----------------------------------------------------------------------------------
@@ -967,6 +1014,7 @@ class DaySimulation:
         cascade, cascade_total = self._cascade_rows(enrollments, orders)
         blast, blast_total = self._blast_rows(enrollments, orders, every_channel=True)
         _rows, steps_blast_total = self._blast_rows(enrollments, orders, every_channel=False)
+        measured = self._measured()
         return SimulationReport(
             run=self.run_tag,
             seed=self.seed,
@@ -981,7 +1029,59 @@ class DaySimulation:
             cascade_total=cascade_total,
             blast_total=blast_total,
             steps_blast_total=steps_blast_total,
+            measured=measured,
         )
+
+    def _measured(self) -> list[Measured]:
+        """Run the attribution job as beat would, then read each campaign's attributed orders
+        and its holdout comparison from the analytics functions the admin reports use."""
+        from django.db.models import Count, Sum
+
+        from omnichannel.analytics.attribution import attribute_orders
+        from omnichannel.analytics.models import Conversion
+        from omnichannel.analytics.uplift import campaign_uplift
+        from omnichannel.campaigns.models import Campaign
+
+        attribute_orders(now=self.end)
+        attributed = {
+            row["campaign_id"]: row
+            for row in Conversion.objects.filter(
+                campaign__isnull=False, ordered_at__gte=self.start, ordered_at__lt=self.end
+            )
+            .values("campaign_id")
+            .annotate(orders=Count("pk"), revenue=Sum("revenue"))
+        }
+        rows = []
+        for campaign in Campaign.objects.filter(
+            enrollments__profile_id__in=list(self._by_profile)
+        ).distinct():
+            uplift = campaign_uplift(campaign, self.start, self.end)
+            arms = {arm.kind: arm for arm in uplift.arms if arm.kind in ("treated", "holdout")}
+            treated, held_out = arms.get("treated"), arms.get("holdout")
+            comparison = next((c for c in uplift.comparisons if c.arm.kind == "treated"), None)
+            if comparison is None or comparison.p_value is None:
+                verdict = comparison.note if comparison and comparison.note else "no holdout"
+            else:
+                verdict = (
+                    f"{100 * comparison.diff:+.1f} points "
+                    f"[{100 * comparison.ci_low:+.1f}, {100 * comparison.ci_high:+.1f}]"
+                    + (" significant" if comparison.significant else " not significant")
+                )
+            found = attributed.get(campaign.pk, {})
+            rows.append(
+                Measured(
+                    campaign=campaign.name,
+                    orders=found.get("orders", 0),
+                    revenue=found.get("revenue") or Decimal(0),
+                    treated=treated.people if treated else 0,
+                    held_out=held_out.people if held_out else 0,
+                    treated_rate=treated.conversion_rate if treated else None,
+                    held_out_rate=held_out.conversion_rate if held_out else None,
+                    uplift=verdict,
+                )
+            )
+        rows.sort(key=lambda row: (-row.treated, row.campaign))
+        return rows
 
     def _enrollments(self) -> list[Any]:
         """The shoppers' enrollments whose first step came due (the engine sent or skipped it),

@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.db.models import Q
 from oscar.core.loading import get_model
 
+from omnichannel.analytics.models import Conversion
 from omnichannel.campaigns.models import Campaign, CampaignStatus, Enrollment
 from omnichannel.channels.models import Message, OutboxEntry
 from omnichannel.profiles.models import Event, EventSource, EventType
@@ -103,6 +104,24 @@ def test_a_day_of_30_shoppers_runs_the_campaigns_and_the_cascade_costs_less(demo
     assert report.cascade_total.messages < report.blast_total.messages
     assert report.cascade_total.cost < report.steps_blast_total.cost <= report.blast_total.cost
     assert report.cascade_total.engaged <= report.blast_total.engaged
+
+    # What the shop's reports will show: every order of the day went through attribution, the
+    # campaign conversions add up, and each campaign has its holdout line.
+    assert Conversion.objects.filter(ordered_at__gte=START).count() == web_orders.count() + (
+        Event.objects.filter(
+            type=EventType.ORDER_PLACED, source=EventSource.OFFLINE, occurred_at__gte=START
+        ).count()
+    )
+    assert (
+        sum(row.orders for row in report.measured)
+        == Conversion.objects.filter(
+            campaign__isnull=False, ordered_at__gte=START, ordered_at__lt=report.end
+        ).count()
+    )
+    assert {row.campaign for row in report.measured} >= {row.campaign for row in report.cascade}
+    assert all(row.treated + row.held_out > 0 for row in report.measured)
+    measured = lines.index(next(line for line in lines if line.startswith("Measured like")))
+    assert lines[measured + 1].split()[:3] == ["campaign", "orders", "revenue"]
 
 
 def test_the_command_adds_new_people_on_every_run(demo_shop):
