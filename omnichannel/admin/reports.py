@@ -29,7 +29,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.http import urlencode
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from ..analytics import charts
@@ -656,6 +656,7 @@ class ReportViews:
             report=report,
             tables=tables,
             charts=chart_svgs,
+            uplift_how=_uplift_how(report),
             change_url=admin_url(Campaign, "change", campaign.pk, site_name=site),
             reports_url=admin_url(Campaign, "reports", site_name=site),
         )
@@ -696,6 +697,23 @@ class ReportViews:
         writer = csv.writer(response)
         writer.writerows(chosen.csv_rows())
         return response
+
+
+def _uplift_how(report: CampaignReport | None) -> str:
+    if report is None or report.uplift is None:
+        return ""
+    window = report.campaign.measure_window
+    hours = int(window.total_seconds() // 3600) if window else 0
+    length = (
+        ngettext("%(n)s day", "%(n)s days", hours // 24) % {"n": hours // 24}
+        if hours % 24 == 0
+        else ngettext("%(n)s hour", "%(n)s hours", hours) % {"n": hours}
+    )
+    return gettext(
+        "People enrolled in the period, each followed for the campaign's conversion window "
+        "(%(window)s); every order of theirs counts, attributed or not, so the holdout shows "
+        "what the campaign changed. Intervals at %(confidence)s%% confidence."
+    ) % {"window": length, "confidence": f"{report.uplift.confidence * 100:g}"}
 
 
 def _status(form: ReportPeriodForm) -> int:

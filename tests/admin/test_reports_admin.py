@@ -297,3 +297,33 @@ def test_report_of_a_campaign_without_messages(boss, db):
     assert "Nothing in this period." in page
     assert page.count('<svg xmlns="http://www.w3.org/2000/svg" class="oc-chart') == 3
     assert page_total(page, "steps")[1:3] == ["0", "0"]
+
+
+def test_uplift_block_shows_the_arms_and_exports_them(boss, history):
+    from omnichannel.campaigns.models import Enrollment
+    from omnichannel.profiles.models import CustomerProfile
+    from tests.analytics.report_data import DAY1, make_conversion
+
+    history.basket.holdout_percent = 50
+    history.basket.save()
+    people = [CustomerProfile.objects.create(first_name=f"P{n}") for n in range(4)]
+    for n, person in enumerate(people):
+        Enrollment.objects.create(
+            campaign=history.basket, profile=person, holdout=n < 2, enrolled_at=DAY1
+        )
+    make_conversion(people[3], at=DAY1.replace(hour=15), revenue="40.00")
+
+    url = report_url(history.basket)
+    page = boss.get(url, PERIOD).content.decode()
+    assert 'id="oc-table-uplift_arms"' in page and 'id="oc-table-uplift"' in page
+    assert "Treated (everyone not held out) against Holdout (no message)" in html.unescape(page)
+    assert "conversion window (7 days)" in html.unescape(page)
+    assert "Intervals at 95% confidence" in page
+    arms = read_csv(boss.get(url, {**PERIOD, "format": "csv", "table": "uplift_arms"}))
+    by_kind = {row[1]: row for row in arms[1:]}
+    assert by_kind["holdout"][2:4] == ["2", "0"]
+    assert by_kind["treated"][2:4] == ["2", "1"]
+    assert by_kind["treated"][5] == "40.00"
+    comparisons = read_csv(boss.get(url, {**PERIOD, "format": "csv", "table": "uplift"}))
+    assert comparisons[1][:2] == ["Treated (everyone not held out)", "Holdout (no message)"]
+    assert comparisons[1][6] in ("yes", "no")
