@@ -249,9 +249,10 @@ def _arm_totals(rows: QuerySet[Any]) -> dict[tuple[int, int], tuple[int, int, An
     def column(name: str) -> str:
         return connection.ops.quote_name(Event._meta.get_field(name).column)
 
+    # Only buyers add to the sums (everyone else adds 0 and 0 squared), so the people are
+    # just counted, and the per-person rows are those of the buyers: no join of every person.
     sql = f"""
         WITH ae AS ({source}),
-        people AS (SELECT DISTINCT {a} AS arm_a, {b} AS arm_b, {person} AS person FROM ae),
         orders AS (
             SELECT DISTINCT ae.{a} AS arm_a, ae.{b} AS arm_b, ae.{person} AS person,
                 e.{column("id")} AS event_id, COALESCE(e.{column("amount")}, 0) AS amount
@@ -260,16 +261,22 @@ def _arm_totals(rows: QuerySet[Any]) -> dict[tuple[int, int], tuple[int, int, An
                 AND e.{column("occurred_at")} >= ae.{start}
                 AND e.{column("occurred_at")} <= ae.{end}
         ),
-        per_person AS (
-            SELECT p.arm_a, p.arm_b, p.person,
-                CASE WHEN COUNT(o.event_id) > 0 THEN 1 ELSE 0 END AS converted,
-                COALESCE(SUM(o.amount), 0) AS revenue
-            FROM people p LEFT JOIN orders o
-                ON o.arm_a = p.arm_a AND o.arm_b = p.arm_b AND o.person = p.person
-            GROUP BY p.arm_a, p.arm_b, p.person
+        buyers AS (
+            SELECT arm_a, arm_b, person, SUM(amount) AS revenue
+            FROM orders GROUP BY arm_a, arm_b, person
+        ),
+        bought AS (
+            SELECT arm_a, arm_b, COUNT(*) AS converted, SUM(revenue) AS revenue,
+                SUM(revenue * revenue) AS squares
+            FROM buyers GROUP BY arm_a, arm_b
+        ),
+        people AS (
+            SELECT {a} AS arm_a, {b} AS arm_b, COUNT(DISTINCT {person}) AS people
+            FROM ae GROUP BY {a}, {b}
         )
-        SELECT arm_a, arm_b, COUNT(*), SUM(converted), SUM(revenue), SUM(revenue * revenue)
-        FROM per_person GROUP BY arm_a, arm_b
+        SELECT p.arm_a, p.arm_b, p.people, COALESCE(q.converted, 0),
+            COALESCE(q.revenue, 0), COALESCE(q.squares, 0)
+        FROM people p LEFT JOIN bought q ON q.arm_a = p.arm_a AND q.arm_b = p.arm_b
     """  # noqa: S608  (quoted names and the ORM's SQL; values are parameters)
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, EventType.ORDER_PLACED.value])
