@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from analytics import run_analytics
 from api_bench import run_api
 from campaigns import run_campaigns
 from common import (
@@ -520,7 +521,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["checkout", "rebuild", "segments", "api", "campaigns"],
+        choices=["checkout", "rebuild", "segments", "api", "campaigns", "analytics"],
         help="run one bench only",
     )
     parser.add_argument("--adds", type=int, help="timed add-to-basket requests per variant")
@@ -537,6 +538,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--campaign-scenarios",
         help="scenarios of bench/campaigns.py, comma-separated (default all)",
+    )
+    parser.add_argument(
+        "--analytics-messages",
+        help="messages per analytics run, comma-separated (default 10000000; --quick 200000)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile the checkout path even if within target"
@@ -577,6 +582,15 @@ def parse_args() -> argparse.Namespace:
         parser.error(
             f"--campaign-profiles must be comma-separated integers, not {campaign_sizes!r}"
         )
+    analytics_sizes = args.analytics_messages or ("200000" if quick else "10000000")
+    try:
+        args.analytics_messages = [
+            int(s.replace("_", "")) for s in analytics_sizes.split(",") if s.strip()
+        ]
+    except ValueError:
+        parser.error(
+            f"--analytics-messages must be comma-separated integers, not {analytics_sizes!r}"
+        )
     if args.adds < 2 or args.checkouts < 1:
         parser.error("need at least 2 adds and 1 checkout")
     return args
@@ -616,7 +630,7 @@ def main() -> int:
             f"databases: {admin.base_name}_* at {redact(admin.server_url)}"
             f"{' (quick run)' if args.quick else ''}"
         )
-        single = ("rebuild", "segments", "api", "campaigns")
+        single = ("rebuild", "segments", "api", "campaigns", "analytics")
         variants = ["on"] if args.only in single else list(VARIANTS)
         templates = prepare_templates(admin, variants, args.reuse_templates)
         if args.reuse_templates:  # kept for the next run
@@ -634,6 +648,10 @@ def main() -> int:
         if args.only in (None, "campaigns"):
             figures["campaigns"] = run_campaigns(
                 admin, templates["on"], args.campaign_profiles, args
+            )
+        if args.only in (None, "analytics"):
+            figures["analytics"] = run_analytics(
+                admin, templates["on"], args.analytics_messages, args
             )
     except BenchError as exc:
         print(f"\nbench: {exc}", file=sys.stderr)

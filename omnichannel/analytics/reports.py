@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import Case, Count, IntegerField, Q, QuerySet, Sum, Value, When
-from django.db.models.functions import Least, TruncDate
+from django.db.models.functions import Coalesce, Least, TruncDate
 from django.utils.translation import gettext as _
 
 from ..campaigns.models import Campaign, Step, Variant
@@ -43,10 +43,10 @@ PER_NOTIFICATION = Decimal("0.0001")
 #: Longest period a report covers: a daily series of two years is still a readable chart.
 MAX_PERIOD_DAYS = 731
 
-_CLICKED = Q(clicked_at__isnull=False)
-_OPENED = Q(opened_at__isnull=False) | _CLICKED
-_DELIVERED = Q(delivered_at__isnull=False) | _OPENED
-_SENT = Q(sent_at__isnull=False) | _DELIVERED
+#: The stage times in order; a later one implies the earlier ones.
+_SENT_TIMES = ("sent_at", "delivered_at", "opened_at", "clicked_at")
+_SENT = Q(sent_at__isnull=False) | Q(delivered_at__isnull=False) | Q(opened_at__isnull=False)
+_SENT |= Q(clicked_at__isnull=False)
 
 
 # --- the period -------------------------------------------------------------------------------
@@ -161,16 +161,19 @@ def total_of(rows: Iterable[Row], label: str | None = None) -> Row:
 
 def _message_aggregates() -> dict[str, Any]:
     return {
-        "sent": Count("pk", filter=_SENT),
-        "delivered": Count("pk", filter=_DELIVERED),
-        "opened": Count("pk", filter=_OPENED),
-        "clicked": Count("pk", filter=_CLICKED),
+        # COUNT(COALESCE(later stages)): a stage counts when it or a later one has a time.
+        # Only the status columns, not the id: a covering index can answer without the
+        # table (docs/analytics.md, "Speed").
+        "sent": Count(Coalesce(*_SENT_TIMES)),
+        "delivered": Count(Coalesce(*_SENT_TIMES[1:])),
+        "opened": Count(Coalesce(*_SENT_TIMES[2:])),
+        "clicked": Count("clicked_at"),
         "cost": Sum("cost", filter=_SENT, default=ZERO),
     }
 
 
 def _conversion_aggregates() -> dict[str, Any]:
-    return {"conversions": Count("pk"), "revenue": Sum("revenue", default=ZERO)}
+    return {"conversions": Count("*"), "revenue": Sum("revenue", default=ZERO)}
 
 
 def _messages(period: Period) -> QuerySet[Message]:
@@ -179,25 +182,41 @@ def _messages(period: Period) -> QuerySet[Message]:
     )
 
 
-def _conversions(period: Period) -> QuerySet[Conversion]:
-    return Conversion.objects.filter(
-        campaign__isnull=False, ordered_at__gte=period.start_at, ordered_at__lt=period.end_at
+def _conversions(period: Period, *, attributed: bool = True) -> QuerySet[Conversion]:
+    orders = Conversion.objects.filter(
+        ordered_at__gte=period.start_at, ordered_at__lt=period.end_at
     )
+    return orders.filter(campaign__isnull=False) if attributed else orders
 
 
 def _grouped(
-    messages: QuerySet[Message], conversions: QuerySet[Conversion], keys: tuple[str, ...]
+    messages: QuerySet[Message],
+    conversions: QuerySet[Conversion],
+    keys: tuple[str, ...],
+    *,
+    by_day: bool = False,
 ) -> list[dict[str, Any]]:
-    """One aggregate dict per group of ``keys``: two queries, whatever the number of rows."""
+    """One aggregate dict per group of ``keys`` (and day, when ``by_day``): one query per
+    table, whatever the number of rows. The day of a message is the UTC day it was created,
+    of a conversion the UTC day of the order."""
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for queryset, aggregates in (
-        (messages, _message_aggregates()),
-        (conversions, _conversion_aggregates()),
+    for queryset, aggregates, time_field in (
+        (messages, _message_aggregates(), "created_at"),
+        (conversions, _conversion_aggregates(), "ordered_at"),
     ):
         # order_by(): the models' default ordering would otherwise join the GROUP BY.
-        for found in queryset.order_by().values(*keys).annotate(**aggregates):
-            group = groups.setdefault(tuple(found[k] for k in keys), {k: found[k] for k in keys})
-            group.update({k: v for k, v in found.items() if k not in keys})
+        queryset = queryset.order_by()
+        group_keys = keys
+        if by_day:
+            queryset = queryset.annotate(day=TruncDate(time_field, tzinfo=UTC))
+            group_keys = (*keys, "day")
+        for found in queryset.values(*group_keys).annotate(**aggregates):
+            if by_day:
+                found["day"] = _as_date(found["day"])
+            group = groups.setdefault(
+                tuple(found[k] for k in group_keys), {k: found[k] for k in group_keys}
+            )
+            group.update({k: v for k, v in found.items() if k not in group_keys})
     return list(groups.values())
 
 
@@ -306,28 +325,26 @@ class OverviewReport:
 
 def overview_report(period: Period) -> OverviewReport:
     """Every campaign that sent or converted in ``period``, its channels and cascade mix."""
-    groups = _grouped(
-        _messages(period), _conversions(period), ("campaign_id", "step_id", "channel")
+    # All the period's orders in the same scan: those of no campaign make their own group.
+    everything = _grouped(
+        _messages(period),
+        _conversions(period, attributed=False),
+        ("campaign_id", "step_id", "channel"),
     )
+    groups = [group for group in everything if group["campaign_id"] is not None]
+    orders = total_of(everything)
+    attributed = total_of(groups)
     campaign_ids = {group["campaign_id"] for group in groups}
     names = dict(Campaign.objects.filter(pk__in=campaign_ids).values_list("pk", "name"))
-    orders = Conversion.objects.filter(
-        ordered_at__gte=period.start_at, ordered_at__lt=period.end_at
-    ).aggregate(
-        orders=Count("pk"),
-        all_revenue=Sum("revenue", default=ZERO),
-        attributed=Count("pk", filter=Q(campaign__isnull=False)),
-        attributed_revenue=Sum("revenue", filter=Q(campaign__isnull=False), default=ZERO),
-    )
     return OverviewReport(
         period=period,
         campaigns=_roll_up(groups, lambda g: g["campaign_id"], lambda pk: names.get(pk, f"#{pk}")),
         channels=_roll_up(groups, lambda g: g["channel"] or "", lambda name: name or "-"),
         mix=_mix_rows(groups, _first_steps(campaign_ids), names),
-        orders=orders["orders"],
-        attributed_orders=orders["attributed"],
-        attributed_revenue=orders["attributed_revenue"],
-        revenue=orders["all_revenue"],
+        orders=orders.conversions,
+        attributed_orders=attributed.conversions,
+        attributed_revenue=attributed.revenue,
+        revenue=orders.revenue,
     )
 
 
@@ -420,10 +437,11 @@ def _step_label(step: Step | None) -> str:
 
 
 def campaign_report(campaign: Campaign, period: Period, *, uplift: bool = True) -> CampaignReport:
-    """``campaign`` over ``period``: four grouped queries, plus the uplift's own when asked."""
+    """``campaign`` over ``period``: one grouped query per table (by step, variant, channel and
+    day: every table and the series roll up from it), plus the uplift's own when asked."""
     messages = _messages(period).filter(campaign=campaign)
     conversions = _conversions(period).filter(campaign=campaign)
-    groups = _grouped(messages, conversions, ("step_id", "variant_id", "channel"))
+    groups = _grouped(messages, conversions, ("step_id", "variant_id", "channel"), by_day=True)
     steps = {step.pk: step for step in Step.objects.filter(campaign=campaign)}
     variants = {variant.pk: variant for variant in Variant.objects.filter(step__campaign=campaign)}
 
@@ -458,7 +476,7 @@ def campaign_report(campaign: Campaign, period: Period, *, uplift: bool = True) 
         variants=_roll_up(
             groups, lambda g: (g["step_id"], g["variant_id"]), variant_label, variant_order
         ),
-        daily=_daily(messages, conversions, period),
+        daily=_daily(groups, period),
         mix=mix[0]
         if mix
         else MixRow(
@@ -473,30 +491,14 @@ def campaign_report(campaign: Campaign, period: Period, *, uplift: bool = True) 
     return report
 
 
-def _daily(
-    messages: QuerySet[Message], conversions: QuerySet[Conversion], period: Period
-) -> list[DayRow]:
+def _daily(groups: Iterable[dict[str, Any]], period: Period) -> list[DayRow]:
     days = {day: DayRow(day=day) for day in period.dates()}
-    for found in (
-        messages.order_by()
-        .annotate(day=TruncDate("created_at", tzinfo=UTC))
-        .values("day")
-        .annotate(
-            sent=Count("pk", filter=_SENT),
-            opened=Count("pk", filter=_OPENED),
-            clicked=Count("pk", filter=_CLICKED),
-        )
-    ):
-        row = days[_as_date(found["day"])]
-        row.sent, row.opened, row.clicked = found["sent"], found["opened"], found["clicked"]
-    for found in (
-        conversions.order_by()
-        .annotate(day=TruncDate("ordered_at", tzinfo=UTC))
-        .values("day")
-        .annotate(**_conversion_aggregates())
-    ):
-        row = days[_as_date(found["day"])]
-        row.conversions, row.revenue = found["conversions"], found["revenue"]
+    for group in groups:
+        row = days[group["day"]]
+        for name in ("sent", "opened", "clicked", "conversions", "revenue"):
+            value = group.get(name)
+            if value:
+                setattr(row, name, getattr(row, name) + value)
     return list(days.values())
 
 
