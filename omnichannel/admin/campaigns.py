@@ -526,12 +526,6 @@ class StepAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # steps are added on their campaign's page
 
-    def get_formset_kwargs(self, request, obj, inline, prefix):
-        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
-        if isinstance(inline, VariantInline) and obj is not None and not obj.variants.exists():
-            kwargs["initial"] = [{"name": "A"}, {"name": "B"}]
-        return kwargs
-
     @admin.display(description=_("campaign"))
     def campaign_link(self, obj: Step) -> SafeString:
         url = _admin_url(Campaign, "change", obj.campaign_id, site_name=self.admin_site.name)

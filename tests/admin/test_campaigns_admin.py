@@ -752,6 +752,8 @@ def variant_rows(*rows: dict[str, Any], initial: int = 0) -> dict[str, Any]:
         values = {"weight": "1", "channel": "", "subject": "", "content": "{}", **row}
         for key, value in values.items():
             data[f"variants-{index}-{key}"] = str(value)
+        # The hidden initial value the page renders for content (its default is callable).
+        data[f"initial-variants-{index}-content"] = "{}"
     return data
 
 
@@ -802,9 +804,8 @@ def test_add_variants_on_the_step_page(staff):
     page = staff.get(step_url(step))
     assert page.status_code == 200
     html_text = page_html(page)
-    # Two empty rows named A and B to start with; the step's own fields are shown, not edited.
-    assert 'name="variants-0-name" value="A"' in html_text
-    assert 'name="variants-1-name" value="B"' in html_text
+    # Two empty rows to start with; the step's own fields are shown, not edited.
+    assert 'name="variants-1-name"' in html_text and 'name="variants-2-name"' not in html_text
     assert 'name="channel"' not in html_text
     assert "Welcome" in page_text(page)
 
@@ -842,7 +843,7 @@ def test_add_variants_on_the_step_page(staff):
         ({"content": '{"email": {"body.txt": "{% if %}"}}'}, "email / body.txt: Template error"),
         ({"subject": "{{ first_name|nope }}"}, "Template error: Invalid filter: 'nope'"),
         ({"weight": "0"}, "Ensure this value is greater than or equal to 1."),
-        ({"name": ""}, "This field is required."),
+        ({"name": "", "subject": "Hi"}, "This field is required."),
     ],
 )
 def test_variant_errors_are_shown_on_the_row(staff, row, expected):
@@ -976,3 +977,11 @@ def test_a_variant_with_its_own_channel_is_previewed_on_it(staff):
     assert pick_variant(grace.pk, campaign.pk, [sms]) == sms
     assert "Step 1 on SMS (nothing was stored or sent)" in text
     assert "Hi Grace" in text
+
+
+def test_empty_rows_save_no_variant(staff):
+    step = make_campaign().steps.get()
+    response = staff.post(step_url(step), variant_rows({"name": ""}, {"name": ""}))
+    assert response.status_code == 302, errors_of(response)
+    assert not Variant.objects.exists()
+    assert "The variants of step 1 were saved." in flash(response)[0]
