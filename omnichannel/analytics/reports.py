@@ -22,7 +22,7 @@ Definitions (docs/analytics.md, "Reports"):
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -384,13 +384,10 @@ class CampaignReport:
     mix: MixRow
     uplift: Any = None  # an uplift.UpliftReport when the uplift module is installed
     uplift_error: str = ""
-    _totals: Row | None = field(default=None, repr=False)
 
     @property
     def totals(self) -> Row:
-        if self._totals is None:
-            self._totals = total_of(self.steps)
-        return self._totals
+        return total_of(self.steps)
 
     @property
     def daily_totals(self) -> DayRow:
@@ -617,8 +614,3 @@ def customer_overview() -> CustomerOverview:
             lambda row: row.key,
         ),
     )
-
-
-def row_fields() -> list[str]:
-    """Names of a Row's stored fields (for CSV and tests)."""
-    return [f.name for f in fields(Row)]
