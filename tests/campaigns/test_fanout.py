@@ -8,6 +8,7 @@ default, PostgreSQL with DATABASE_URL).
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -743,3 +744,27 @@ def test_a_fanned_out_variant_message_is_rendered_with_the_variants_content():
         else:
             assert message.subject == f"News for {profile.first_name}"
             assert outbox.body_text == f"Hello {profile.first_name}"
+
+
+def test_the_sql_groups_equal_the_python_groups_for_any_id():
+    ids = [*range(1, 400), 2**31 - 1, 2**31 + 12_345, 3_000_000_007]
+    CustomerProfile.objects.bulk_create([CustomerProfile(pk=pk) for pk in ids])
+    campaign = mass(holdout_percent=37)
+    variants = add_variants(
+        campaign, {"name": "A", "weight": 5}, {"name": "B", "weight": 3}, {"name": "C", "weight": 2}
+    )
+    plan = fanout.plan_fan_out(campaign, now=NOW)
+    rows = CustomerProfile.objects.annotate(
+        held=fanout._held_out_expression(plan), variant=fanout._variant_expression(plan)
+    ).values_list("pk", "held", "variant")
+    found = {pk: (bool(held), variant) for pk, held, variant in rows}
+    expected = {
+        pk: (
+            groups.is_held_out(pk, campaign),
+            groups.pick_variant(pk, campaign.pk, variants).pk,
+        )
+        for pk in ids
+    }
+    assert found == expected
+    shares = Counter(variant for _held, variant in found.values())
+    assert [shares[v.pk] for v in variants] == sorted(shares.values(), reverse=True)
