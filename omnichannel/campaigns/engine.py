@@ -11,13 +11,15 @@ handed the new messages in batches.
 
 A decision, in order:
 
+0. the holdout: at an enrollment's first decision, a person in the campaign's holdout group
+   (``campaigns.groups``) exits as held out, before any other check, and is never messaged;
 1. exits: the campaign ended, the person converted, bought everything the reminder is about,
    the subject is gone, unsubscribed, left the audience or joined the exclusion segment;
 2. the next step (none left: completed) and its stop condition against the enrollment's earlier
    messages (opened or clicked: the cascade stops);
-3. the channel: the step's own, or for a "best" step the reachable channel with the most
-   engagement per money; a channel that cannot reach the person is skipped at once and the
-   next step takes its place;
+3. the channel: the step's own, or that of the person's variant of the step (a stable hash
+   picks it, weighed), or for "best" the reachable channel with the most engagement per money;
+   a channel that cannot reach the person is skipped at once and the next step takes its place;
 4. timing: the person's best hour (if the step asks), then quiet hours in their time zone
    (deferred, never dropped);
 5. frequency caps for marketing: a new contact is held back when the person's contacts in the
@@ -55,6 +57,7 @@ from ..exceptions import ConfigurationError
 from ..profiles.models import CustomerProfile, Purpose
 from ..segments.models import EngagementScore
 from . import goals
+from .groups import is_held_out, pick_variant
 from .models import (
     BEST_CHANNEL,
     Campaign,
@@ -67,6 +70,7 @@ from .models import (
     ExitReason,
     Step,
     StopCondition,
+    Variant,
 )
 
 logger = logging.getLogger("omnichannel.campaigns")
@@ -91,6 +95,8 @@ class Decision:
     action: str  # "send", "defer", "exit", "complete"
     reasons: list[str] = field(default_factory=list)
     step: Step | None = None
+    #: The step's variant this person gets (a step with variants), stored on the message.
+    variant: Variant | None = None
     channel: str = ""
     address: str = ""
     at: datetime | None = None  # defer: when it is due again
@@ -198,6 +204,7 @@ class Planner:
         self.enrollments = list(enrollments)
         self.campaigns = {e.campaign_id: e.campaign for e in self.enrollments}
         self.steps = self._load_steps()
+        self.variants = self._load_variants()
         self.channels = self._load_channels()
         self.messages = self._load_messages()
         #: Enrollments whose campaign could not be evaluated (a trigger or segment failed):
@@ -223,6 +230,12 @@ class Planner:
         ):
             steps[step.campaign_id].append(step)
         return steps
+
+    def _load_variants(self) -> dict[int, list[Variant]]:
+        variants: dict[int, list[Variant]] = defaultdict(list)
+        for variant in Variant.objects.filter(step__campaign_id__in=self.campaigns).order_by("id"):
+            variants[variant.step_id].append(variant)
+        return variants
 
     def _load_channels(self) -> dict[str, BaseChannel]:
         try:
@@ -358,6 +371,13 @@ class Planner:
     def decide(self, enrollment: Enrollment) -> Decision:
         """What to do with ``enrollment`` now; writes nothing."""
         campaign = enrollment.campaign
+        if self._held_out(enrollment):
+            decision = Decision("exit", exit_reason=ExitReason.HELD_OUT)
+            decision.say(
+                f"held out: in the campaign's {campaign.holdout_percent} % holdout group, which "
+                "gets no message (its orders are compared with the others')"
+            )
+            return decision
         if enrollment.pk in self.broken:
             decision = Decision("defer", at=self.now + timedelta(minutes=15))
             decision.say(f"not evaluated: {self.broken[enrollment.pk]}; tried again in 15 minutes")
@@ -392,15 +412,22 @@ class Planner:
                 decision.action, decision.exit_reason = "exit", ExitReason.ENGAGED
                 decision.say(stop)
                 return decision
-            channel, address, why = self._choose_channel(enrollment, step, used_channels)
+            variant = pick_variant(enrollment.profile_id, campaign.pk, self.variants[step.pk])
+            wanted = (variant.channel if variant else "") or step.channel
+            origin = (
+                "the variant's channel" if variant and variant.channel else "the step's channel"
+            )
+            channel, address, why = self._choose_channel(enrollment, wanted, used_channels, origin)
             if not channel:
-                decision.skipped.append((step, step.channel, why))
-                decision.say(f"step {step.position} ({step.channel}) skipped: {why}")
+                decision.skipped.append((step, wanted, why))
+                decision.say(f"step {step.position} ({wanted}) skipped: {why}")
                 position = step.position
                 reached_by_skip = True
                 continue
             decision.step, decision.channel, decision.address = step, channel, address
-            decision.say(f"step {step.position}: {channel} ({why})")
+            decision.variant = variant
+            which = f", variant {variant.name}" if variant is not None else ""
+            decision.say(f"step {step.position}{which}: {channel} ({why})")
             timed = self._timing(enrollment, step, decision)
             if timed is not None:
                 decision.action, decision.at = "defer", timed
@@ -421,6 +448,18 @@ class Planner:
         decision.action = "complete"
         decision.say("every step is done")
         return decision
+
+    def _held_out(self, enrollment: Enrollment) -> bool:
+        """Whether this person is in the campaign's holdout, decided at the enrollment's first
+        decision only: whoever already had a message of it stays in the treated group."""
+        campaign = enrollment.campaign
+        return bool(
+            campaign.holdout_percent
+            and not enrollment.step_position
+            and enrollment.last_message_at is None
+            and not self.messages.get(enrollment.pk)
+            and is_held_out(enrollment.profile_id, campaign)
+        )
 
     def _exit_reason(self, enrollment: Enrollment) -> tuple[str, str] | None:
         campaign = enrollment.campaign
@@ -467,18 +506,19 @@ class Planner:
         return ""
 
     def _choose_channel(
-        self, enrollment: Enrollment, step: Step, used: set[str]
+        self, enrollment: Enrollment, wanted: str, used: set[str], origin: str
     ) -> tuple[str, str, str]:
-        """(channel, address, why) or ("", "", why not)."""
+        """(channel, address, why) or ("", "", why not) for ``wanted``, the step's or its
+        variant's channel (``origin`` says which), which may be "best"."""
         purpose = enrollment.campaign.purpose
         profile = enrollment.profile
-        if step.channel != BEST_CHANNEL:
-            if step.channel not in self.channels:
-                return "", "", f"channel {step.channel!r} is not configured"
-            reach = self.reach(step.channel, purpose, profile)
+        if wanted != BEST_CHANNEL:
+            if wanted not in self.channels:
+                return "", "", f"channel {wanted!r} is not configured"
+            reach = self.reach(wanted, purpose, profile)
             if not reach.ok:
                 return "", "", reach.reason
-            return step.channel, reach.address or "", "the step's channel"
+            return wanted, reach.address or "", origin
         ranked = []
         reasons = []
         floor = Decimal(str(app_settings.BEST_CHANNEL_COST_FLOOR))
@@ -624,7 +664,6 @@ def claim_due_enrollments(*, now: datetime, limit: int) -> list[Enrollment]:
         {e.campaign_id for e in claimed}
     )
     claimed = [e for e in claimed if e.campaign_id in campaigns]  # deleted meanwhile: gone
-    claimed = [e for e in claimed if e.campaign_id in campaigns]  # deleted meanwhile: gone
     for enrollment in claimed:
         enrollment.campaign = campaigns[enrollment.campaign_id]
     return claimed
@@ -661,6 +700,7 @@ OUTCOME_FIELDS = (
     "context",
     "claimed_by",
     "claim_expires_at",
+    "holdout",
 )
 
 
@@ -762,6 +802,7 @@ def _create_messages(
                 "campaign": enrollment.campaign_id,
                 "enrollment": enrollment.pk,
                 "step": decision.step.pk,
+                "variant": decision.variant.pk if decision.variant else None,
                 "channel": decision.channel,
                 "purpose": enrollment.campaign.purpose,
                 "address": decision.address[:255],
@@ -784,6 +825,7 @@ def _create_messages(
                 campaign_id=row["campaign"],
                 enrollment_id=row["enrollment"],
                 step_id=row["step"],
+                variant_id=row["variant"],
                 channel=row["channel"],
                 purpose=row["purpose"],
                 address=row["address"],
@@ -1026,6 +1068,8 @@ def _apply(
         logs.append(_log(enrollment, EnrollmentAction.DEFERRED, now, step, channel, detail))
     elif decision.action == "exit":
         _end(enrollment, EnrollmentState.EXITED, decision.exit_reason, now)
+        if decision.exit_reason == ExitReason.HELD_OUT:
+            enrollment.holdout = True
         logs.append(_log(enrollment, EnrollmentAction.EXITED, now, decision.step, "", detail))
     else:
         _end(enrollment, EnrollmentState.COMPLETED, ExitReason.COMPLETED, now)

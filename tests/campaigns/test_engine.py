@@ -13,22 +13,32 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 
 from omnichannel.campaigns.engine import claim_due_enrollments, explain, tick
+from omnichannel.campaigns.groups import is_held_out, pick_variant
 from omnichannel.campaigns.models import (
     Campaign,
     CampaignKind,
     CampaignStatus,
     CappedAction,
     Enrollment,
+    EnrollmentLog,
     EnrollmentState,
     ExitReason,
     Step,
     StopCondition,
+    Variant,
 )
 from omnichannel.channels.models import Message, MessageStatus
 from omnichannel.channels.status import record_status
 from omnichannel.conf import DEFAULTS
 from omnichannel.profiles.consents import record_consent
-from omnichannel.profiles.models import CustomerProfile, Event, EventType, Identity, IdentityKind
+from omnichannel.profiles.models import (
+    Consent,
+    CustomerProfile,
+    Event,
+    EventType,
+    Identity,
+    IdentityKind,
+)
 from omnichannel.segments.models import EngagementScore
 
 pytestmark = pytest.mark.django_db
@@ -359,3 +369,200 @@ def test_an_order_stamped_a_little_ahead_does_not_convert_the_enrollment_it_trig
     Event.objects.create(type=EventType.ORDER_PLACED, profile=profile, occurred_at=ahead)
     tick(now=NOON, dispatch=False)
     assert messages(enrollment) == ["email"]
+
+
+# --- holdout and variants ----------------------------------------------------------------------
+
+
+def people(count: int) -> list[CustomerProfile]:
+    """``count`` people with an email address and a marketing consent, made in bulk."""
+    profiles = CustomerProfile.objects.bulk_create(
+        CustomerProfile(first_name=f"P{n}") for n in range(count)
+    )
+    Identity.objects.bulk_create(
+        Identity(profile=p, kind=IdentityKind.EMAIL, value=f"p{p.pk}@example.com") for p in profiles
+    )
+    Consent.objects.bulk_create(
+        Consent(
+            profile=p,
+            channel="email",
+            purpose="marketing",
+            granted=True,
+            created_at=NOON - timedelta(days=1),
+        )
+        for p in profiles
+    )
+    return profiles
+
+
+def enroll_all(made: Campaign, profiles: list[CustomerProfile], subject: str = "") -> None:
+    Enrollment.objects.bulk_create(
+        Enrollment(
+            campaign=made,
+            profile=p,
+            subject_key=subject,
+            enrolled_at=NOON - timedelta(hours=1),
+            next_due_at=NOON,
+        )
+        for p in profiles
+    )
+
+
+def held_out_person(made: Campaign, *, held_out: bool = True) -> CustomerProfile:
+    """A new person whom the campaign's holdout takes (or, with False, does not take)."""
+    for _ in range(200):
+        profile = person()
+        if is_held_out(profile.pk, made) == held_out:
+            return profile
+    raise AssertionError("the hash never put a new person where wanted")
+
+
+def test_a_holdout_takes_about_its_share_and_always_the_same_people():
+    made = campaign(("email", timedelta(0)), holdout_percent=20)
+    profiles = people(600)
+    enroll_all(made, profiles)
+    with settings_with(FREQUENCY_CAPS=None):
+        result = tick(now=NOON, dispatch=False)
+
+    held = set(
+        Enrollment.objects.filter(campaign=made, holdout=True).values_list("profile_id", flat=True)
+    )
+    assert 90 <= len(held) <= 150  # 20 % of 600, give or take three standard deviations
+    assert held == {p.pk for p in profiles if is_held_out(p.pk, made)}
+    assert (result.exited, result.sent) == (len(held), 600 - len(held))
+    assert not Message.objects.filter(profile_id__in=held).exists()
+    # Stable: the same people again in a second enrollment, and in the admin's preview.
+    enroll_all(made, profiles, subject="again")
+    with settings_with(FREQUENCY_CAPS=None):
+        tick(now=NOON + timedelta(minutes=1), dispatch=False)
+    again = Enrollment.objects.filter(campaign=made, subject_key="again")
+    assert set(again.filter(holdout=True).values_list("profile_id", flat=True)) == held
+    for profile in profiles[:40]:
+        said = " ".join(explain(made, profile, now=NOON).reasons)
+        assert ("held out" in said) == (profile.pk in held), said
+
+
+def test_a_held_out_person_is_never_messaged_and_exits_held_out():
+    made = campaign(*CASCADE, holdout_percent=50)
+    profile = held_out_person(made)
+    enrollment = enroll(made, profile)
+    enrolled_at = enrollment.enrolled_at
+    treated = enroll(made, held_out_person(made, held_out=False))
+
+    assert "held out" in " ".join(explain(made, profile, now=NOON).reasons)
+    result = tick(now=NOON, dispatch=False)
+    assert (result.claimed, result.sent, result.exited) == (2, 1, 1)
+    enrollment.refresh_from_db()
+    assert (enrollment.state, enrollment.exit_reason) == ("exited", ExitReason.HELD_OUT)
+    assert enrollment.holdout
+    assert enrollment.enrolled_at == enrolled_at  # what the uplift counts conversions from
+    [entry] = enrollment.log.all()
+    assert entry.action == "exited" and "held out" in entry.detail
+    assert tick(now=NOON + timedelta(hours=4), dispatch=False).claimed == 1  # the other one
+    assert messages(enrollment) == []
+    treated.refresh_from_db()
+    assert messages(treated) == ["email", "sms"] and not treated.holdout
+
+
+def test_the_holdout_comes_before_other_exits_and_never_takes_someone_already_messaged():
+    made = campaign(*CASCADE)
+    converted = enroll(made, held_out_person(Campaign(pk=made.pk, holdout_percent=50)))
+    Event.objects.create(
+        type=EventType.ORDER_PLACED,
+        profile=converted.profile,
+        occurred_at=NOON - timedelta(minutes=5),
+    )
+    messaged = enroll(made, held_out_person(Campaign(pk=made.pk, holdout_percent=50)))
+    tick(now=NOON, dispatch=False)  # no holdout yet: the second person gets the email
+    assert messages(messaged) == ["email"]
+
+    Campaign.objects.filter(pk=made.pk).update(holdout_percent=50)
+    Enrollment.objects.filter(pk=converted.pk).update(
+        state=EnrollmentState.ACTIVE, exit_reason="", next_due_at=NOON, ended_at=None
+    )
+    tick(now=NOON + timedelta(hours=4), dispatch=False)
+    converted.refresh_from_db()
+    messaged.refresh_from_db()
+    # The group is the hash's alone, so both groups end up with the same mix of later exits.
+    assert (converted.exit_reason, converted.holdout) == (ExitReason.HELD_OUT, True)
+    assert messages(messaged) == ["email", "sms"] and not messaged.holdout
+
+
+def test_each_person_gets_their_variant_of_the_step_stored_on_the_message():
+    made = campaign(("email", timedelta(0)))
+    step = made.steps.get()
+    short = Variant.objects.create(step=step, name="short", subject="Hi")
+    long = Variant.objects.create(step=step, name="long", subject="Hello there", weight=3)
+    profiles = people(200)
+    enroll_all(made, profiles)
+    with settings_with(FREQUENCY_CAPS=None):
+        assert tick(now=NOON, dispatch=False).sent == 200
+
+    sent = list(Message.objects.filter(campaign=made).values_list("profile_id", "variant_id"))
+    assert len(sent) == 200
+    for profile_id, variant_id in sent:
+        assert variant_id == pick_variant(profile_id, made.pk, [short, long]).pk
+    shares = {v: sum(1 for _, got in sent if got == v) for v in (short.pk, long.pk)}
+    assert 30 <= shares[short.pk] <= 70, shares  # weights 1 : 3
+    log = EnrollmentLog.objects.filter(enrollment__campaign=made, action="sent").first()
+    assert "variant short" in log.detail or "variant long" in log.detail
+    assert "variant" in " ".join(explain(made, person(), now=NOON).reasons)
+
+
+def test_a_variants_channel_replaces_the_steps():
+    by_sms = campaign(("email", timedelta(0)), name="SMS variant")
+    Variant.objects.create(step=by_sms.steps.get(), name="sms", channel="sms")
+    by_best = campaign(("sms", timedelta(0)), name="Best variant")
+    Variant.objects.create(step=by_best.steps.get(), name="best", channel="best")
+    plain = Variant.objects.create(
+        step=campaign(("sms", timedelta(0)), name="Same channel").steps.get(), name="copy"
+    )
+    first, second, third = (
+        enroll(by_sms, person()),
+        enroll(by_best, person()),
+        enroll(plain.step.campaign, person()),
+    )
+    with settings_with(FREQUENCY_CAPS=None):
+        tick(now=NOON, dispatch=False)
+
+    message = first.messages.get()
+    assert (message.channel, message.address) == (
+        "sms",
+        first.profile.identities.get(kind=IdentityKind.PHONE).value,
+    )
+    assert "the variant's channel" in first.log.get(action="sent").detail
+    # "best" without history: the cheapest reachable channel (email), though the step says SMS.
+    assert messages(second) == ["email"]
+    assert "best channel" in second.log.get(action="sent").detail
+    assert messages(third) == ["sms"]
+    assert third.messages.get().variant_id == plain.pk
+
+
+def test_queries_per_batch_stay_flat_with_a_holdout_and_variants():
+    made = campaign(*CASCADE, holdout_percent=10)
+    step = made.steps.get(position=1)
+    Variant.objects.create(step=step, name="A", channel="sms")
+    Variant.objects.create(step=step, name="B")
+
+    def queries_for(count: int, offset: int) -> int:
+        profiles = people(count)
+        Identity.objects.bulk_create(
+            Identity(profile=p, kind=IdentityKind.PHONE, value=f"+4477008{p.pk:05d}")
+            for p in profiles
+        )
+        for p in profiles:
+            record_consent(p, channel="sms", purpose="marketing", granted=True, now=NOON)
+        enroll_all(made, profiles, subject=f"batch {offset}")
+        Enrollment.objects.filter(subject_key=f"batch {offset}").update(
+            next_due_at=NOON + timedelta(minutes=offset)
+        )
+        with settings_with(FREQUENCY_CAPS=None), CaptureQueriesContext(connection) as queries:
+            result = tick(now=NOON + timedelta(minutes=offset), dispatch=False)
+        assert result.sent + result.exited == count and result.sent
+        variants = Message.objects.filter(enrollment__subject_key=f"batch {offset}")
+        assert not variants.filter(variant__isnull=True).exists()
+        return len(queries)
+
+    few, many = queries_for(3, 0), queries_for(30, 100)
+    limit = 0 if connection.vendor == "postgresql" else 2  # SQLite splits wide bulk inserts
+    assert many - few <= limit, (few, many)
