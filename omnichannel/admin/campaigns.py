@@ -539,6 +539,16 @@ class StepAdmin(admin.ModelAdmin):
     def content_display(self, obj: Step) -> SafeString:
         return _pretty_json(obj.content) if obj.content else format_html("{}", EMPTY)
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        step = self.get_object(request, object_id)
+        if step is not None:
+            title = gettext("A/B variants of step %(position)s of %(campaign)s") % {
+                "position": step.position,
+                "campaign": step.campaign,
+            }
+            extra_context = {"title": title, **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def _back_to_campaign(self, obj: Step) -> HttpResponseRedirect:
         url = _admin_url(Campaign, "change", obj.campaign_id, site_name=self.admin_site.name)
         return HttpResponseRedirect(url or "../")

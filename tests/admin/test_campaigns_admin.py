@@ -807,7 +807,7 @@ def test_add_variants_on_the_step_page(staff):
     # Two empty rows to start with; the step's own fields are shown, not edited.
     assert 'name="variants-1-name"' in html_text and 'name="variants-2-name"' not in html_text
     assert 'name="channel"' not in html_text
-    assert "Welcome" in page_text(page)
+    assert "A/B variants of step 1 of Welcome" in page_text(page)
 
     response = staff.post(
         step_url(step),
