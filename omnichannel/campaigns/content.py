@@ -47,6 +47,7 @@ from .. import recommendations
 from ..channels.models import Message, MessageStatus
 from ..channels.status import record_status
 from ..conf import app_settings
+from ..exceptions import ConfigurationError
 from ..tracking import links
 from .models import BEST_CHANNEL, Enrollment, EnrollmentState, ExitReason, Step, Variant
 from .triggers import registry
@@ -218,7 +219,13 @@ def validate_variant(variant: Variant) -> None:
     from ..channels.registry import get_channels
 
     errors: dict[str, list[str]] = {}
-    channels = get_channels()
+    try:
+        channels = get_channels()
+    except ConfigurationError as exc:  # shown on the form, not a server error
+        raise ValidationError(
+            _("The channels are misconfigured (OMNICHANNEL['CHANNELS']): %(error)s")
+            % {"error": exc}
+        ) from exc
     consent_channels = {backend.consent_channel for backend in channels.values()}
     if variant.channel and variant.channel != BEST_CHANNEL and variant.channel not in channels:
         errors.setdefault("channel", []).append(

@@ -559,3 +559,12 @@ def test_validate_variant_accepts_good_content_and_names_each_problem():
     assert any(e.startswith("Unknown channel 'pager' in the content") for e in errors["content"])
     with pytest.raises(ValidationError, match="Inline content must be"):
         validate_variant(Variant(name="List", content={"email": ["x"]}))
+
+
+def test_validate_variant_with_broken_channel_settings_is_a_validation_error(settings):
+    settings.OMNICHANNEL = {
+        **settings.OMNICHANNEL,
+        "CHANNELS": {"email": {"BACKEND": "omnichannel.channels.email.EmailChannel", "COST": "x"}},
+    }
+    with pytest.raises(ValidationError, match="The channels are misconfigured"):
+        validate_variant(Variant(name="A"))
