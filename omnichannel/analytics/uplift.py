@@ -169,10 +169,14 @@ def campaign_uplift(
     _fill(treated, by_group.get((0, 0)))
     arms = [holdout, treated]
     comparisons = [_compare(treated, holdout, confidence)]
-    if not holdout.people:
+    if not holdout.people and not campaign.holdout_percent:
         comparisons[0].note = _(
             "Not enough data: nobody is held out (set a holdout share on the campaign)."
         )
+    elif not holdout.people:
+        comparisons[0].note = _(
+            "Not enough data: nobody held out yet (%(share)s %% of the people enrolled are)."
+        ) % {"share": campaign.holdout_percent}
 
     variants = list(
         Variant.objects.filter(step__campaign=campaign)

@@ -137,6 +137,11 @@ def test_variant_against_the_first_variant_worked_example():
     assert (a.step_id, a.variant_id, b.variant_id) == (step.pk, control.pk, challenger.pk)
     assert report.comparisons[0].note.startswith("Not enough data: nobody is held out")
     assert report.comparisons[0].p_value is None and not report.comparisons[0].significant
+    # With a share set but nobody drawn into it yet, the note does not send staff to set one.
+    campaign.holdout_percent = 10
+    campaign.save(update_fields=["holdout_percent"])
+    note = campaign_uplift(campaign).comparisons[0].note
+    assert note == "Not enough data: nobody held out yet (10 % of the people enrolled are)."
     comparison = report.comparisons[1]
     assert (comparison.arm, comparison.baseline) == (b, a)
     # diff = 1 - 1/3 = 2/3; relative = (2/3) / (1/3) = 2.
