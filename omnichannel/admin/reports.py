@@ -23,7 +23,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
@@ -553,6 +553,11 @@ class ReportViews:
                 name="{}_{}_reports".format(*info),
             ),
             path(
+                "reports/customers/",
+                wrap(self.customers_view),
+                name="{}_{}_reports_customers".format(*info),
+            ),
+            path(
                 "<path:object_id>/report/",
                 wrap(self.campaign_view),
                 name="{}_{}_report".format(*info),
@@ -583,14 +588,10 @@ class ReportViews:
         }
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
-        """Every campaign over the period, and the customers as they stand now."""
+        """Every campaign over the period: campaigns, channels, the cascade's mix."""
         self._check(request)
         form = self._period_form(request)
-        can_see_people = request.user.has_perm(
-            f"{CustomerProfile._meta.app_label}.view_{CustomerProfile._meta.model_name}"
-        )
         tables: list[Table] = []
-        people: list[Table] = []
         report = None
         if form.is_valid():
             period = form.cleaned_data["period"]
@@ -603,32 +604,65 @@ class ReportViews:
                 return url and url + query
 
             tables = overview_tables(report, report_link)
-        if can_see_people:
-            # The customers are counted as they are now: no period, so shown even after a
-            # date error.
-            people = customer_tables(customer_overview())
         if request.GET.get("format") == "csv":
-            return self._csv(request, form, [*tables, *people], "campaigns")
-        self._add_csv_urls(request, form, [*tables, *people])
+            return self._csv(request, form, tables, "campaigns")
+        self._add_csv_urls(request, form, tables)
         context = self._context(
             request,
             gettext("Campaign reports"),
             form=form,
             report=report,
             tables=tables,
-            people_tables=people,
-            can_see_people=can_see_people,
+            customers_url=admin_url(
+                Campaign, "reports_customers", site_name=self.model_admin.admin_site.name
+            )
+            if self._can_see_customers(request)
+            else None,
         )
         request.current_app = self.model_admin.admin_site.name
         return TemplateResponse(
             request, "admin/omnichannel/reports/overview.html", context, status=_status(form)
         )
 
+    def _can_see_customers(self, request: HttpRequest) -> bool:
+        opts = CustomerProfile._meta
+        return request.user.has_perm(f"{opts.app_label}.view_{opts.model_name}")
+
+    def customers_view(self, request: HttpRequest) -> HttpResponse:
+        """The customers as they stand now, by RFM group, devices and sources (no period).
+
+        A page of its own: it scans every profile, which the campaign figures do not need.
+        """
+        self._check(request)
+        if not self._can_see_customers(request):
+            raise PermissionDenied
+        tables = customer_tables(customer_overview())
+        for table in tables:
+            table.csv_url = "?" + urlencode({"format": "csv", "table": table.name})
+        if request.GET.get("format") == "csv":
+            name = request.GET.get("table", "")
+            chosen = next((table for table in tables if table.name == name), None)
+            if chosen is None:
+                return _unknown_table(name, tables)
+            return _csv_response(chosen, f"customers-{chosen.name}-{self.today().isoformat()}")
+        site = self.model_admin.admin_site.name
+        context = self._context(
+            request,
+            gettext("Customers now"),
+            tables=tables,
+            reports_url=admin_url(Campaign, "reports", site_name=site),
+        )
+        request.current_app = site
+        return TemplateResponse(request, "admin/omnichannel/reports/customers.html", context)
+
     def campaign_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """One campaign over the period: tables, charts, mix and uplift."""
-        campaign = self.model_admin.get_object(request, object_id)
-        if campaign is None:
-            raise Http404(gettext("No such campaign."))
+        # Not the admin's get_object: the campaign list's queryset counts every campaign's
+        # messages, seconds on a large message table.
+        try:
+            campaign = Campaign._default_manager.get(pk=object_id)
+        except (Campaign.DoesNotExist, ValueError, ValidationError):
+            raise Http404(gettext("No such campaign.")) from None
         self._check(request, campaign)
         form = self._period_form(request)
         report: CampaignReport | None = None
@@ -683,20 +717,28 @@ class ReportViews:
         name = request.GET.get("table", "")
         chosen = next((table for table in tables if table.name == name), None)
         if chosen is None:
-            known = ", ".join(table.name for table in tables)
-            return HttpResponseBadRequest(
-                gettext("Unknown table %(name)r; this report has: %(known)s.")
-                % {"name": name, "known": known}
-                + "\n",
-                content_type="text/plain; charset=utf-8",
-            )
+            return _unknown_table(name, tables)
         period = form.cleaned_data["period"]
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
-        filename = f"{stem}-{chosen.name}-{period.start.isoformat()}-{period.end.isoformat()}.csv"
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        writer = csv.writer(response)
-        writer.writerows(chosen.csv_rows())
-        return response
+        return _csv_response(
+            chosen, f"{stem}-{chosen.name}-{period.start.isoformat()}-{period.end.isoformat()}"
+        )
+
+
+def _unknown_table(name: str, tables: list[Table]) -> HttpResponse:
+    known = ", ".join(table.name for table in tables)
+    return HttpResponseBadRequest(
+        gettext("Unknown table %(name)r; this report has: %(known)s.")
+        % {"name": name, "known": known}
+        + "\n",
+        content_type="text/plain; charset=utf-8",
+    )
+
+
+def _csv_response(table: Table, filename: str) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
+    csv.writer(response).writerows(table.csv_rows())
+    return response
 
 
 def _uplift_how(report: CampaignReport | None) -> str:

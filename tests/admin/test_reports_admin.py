@@ -25,6 +25,7 @@ pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
 OVERVIEW = reverse("admin:omnichannel_campaign_reports")
+CUSTOMERS = reverse("admin:omnichannel_campaign_reports_customers")
 PERIOD = {"start": "2026-03-01", "end": "2026-03-03"}
 
 
@@ -185,18 +186,31 @@ def test_campaign_csv_totals_equal_the_page_totals(boss, history):
     )
 
 
-def test_overview_lists_campaigns_with_links_and_customers(boss, history):
+def test_overview_lists_campaigns_with_links(boss, history):
     page = boss.get(OVERVIEW, PERIOD).content.decode()
     campaigns = cells(table_html(page, "campaigns"))
     assert "Basket rescue" in campaigns and "Win-back" in campaigns
     link = report_url(history.basket) + "?start=2026-03-01&amp;end=2026-03-03"
     assert f'<a href="{link}">Basket rescue</a>' in page
-    for name in ("campaigns", "channels", "mix", "rfm", "devices", "sources"):
+    for name in ("campaigns", "channels", "mix"):
         assert_csv_matches_page(boss, OVERVIEW, PERIOD, page, name)
     assert page_total(page, "campaigns")[1] == "11"
     assert "6</strong> orders in the period" in page
-    # One profile in the history, without orders: the customer tables count it.
+    assert f'href="{CUSTOMERS}"' in page
+
+
+def test_customers_page_and_its_csv(boss, history):
+    page = boss.get(CUSTOMERS).content.decode()
+    # One profile in the history, without orders.
     assert page_total(page, "rfm")[1] == "1"
+    assert "No orders yet" in cells(table_html(page, "rfm"))
+    for name in ("rfm", "devices", "sources"):
+        assert_csv_matches_page(boss, CUSTOMERS, {}, page, name)
+    response = boss.get(CUSTOMERS, {"format": "csv", "table": "rfm"})
+    assert response["Content-Disposition"] == 'attachment; filename="customers-rfm-2026-03-03.csv"'
+    response = boss.get(CUSTOMERS, {"format": "csv", "table": "campaigns"})
+    assert response.status_code == 400
+    assert "rfm, devices, sources" in response.content.decode()
 
 
 def test_bad_dates_show_a_form_error_never_a_500(boss, history):
@@ -247,6 +261,7 @@ def test_csv_cells_cannot_become_formulas(boss, history):
 
 def test_missing_campaign_is_404(boss, history):
     assert boss.get(reverse("admin:omnichannel_campaign_report", args=[999999])).status_code == 404
+    assert boss.get(reverse("admin:omnichannel_campaign_report", args=["x1"])).status_code == 404
 
 
 def test_anonymous_and_staff_without_permission_are_kept_out(client, django_user_model, history):
@@ -257,6 +272,7 @@ def test_anonymous_and_staff_without_permission_are_kept_out(client, django_user
     client.force_login(staff)
     assert client.get(report_url(history.basket)).status_code == 403
     assert client.get(OVERVIEW).status_code == 403
+    assert client.get(CUSTOMERS).status_code == 403
     csv_query = {"format": "csv", "table": "steps"}
     assert client.get(report_url(history.basket), csv_query).status_code == 403
     # A customer (not staff) goes to the login page.
@@ -273,13 +289,19 @@ def test_view_permission_on_campaigns_shows_reports_customers_need_their_own(
     client.force_login(staff)
     assert client.get(report_url(history.basket)).status_code == 200
     page = client.get(OVERVIEW).content.decode()
-    assert 'id="oc-table-campaigns"' in page and 'id="oc-table-rfm"' not in page
-    rows = client.get(OVERVIEW, {"format": "csv", "table": "rfm"})
-    assert rows.status_code == 400  # not a table this user's report has
+    assert 'id="oc-table-campaigns"' in page and CUSTOMERS not in page
+    assert client.get(CUSTOMERS).status_code == 403
+    assert client.get(CUSTOMERS, {"format": "csv", "table": "rfm"}).status_code == 403
     staff.user_permissions.add(Permission.objects.get(codename="view_customerprofile"))
     staff = django_user_model.objects.get(pk=staff.pk)  # drop the permission cache
     client.force_login(staff)
-    assert 'id="oc-table-rfm"' in client.get(OVERVIEW).content.decode()
+    assert CUSTOMERS in client.get(OVERVIEW).content.decode()
+    assert 'id="oc-table-rfm"' in client.get(CUSTOMERS).content.decode()
+    # Profiles alone are not enough: the reports are the campaigns'.
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_customerprofile"))
+    client.force_login(viewer)
+    assert client.get(CUSTOMERS).status_code == 403
 
 
 def test_campaign_pages_link_to_the_reports(boss, history):
