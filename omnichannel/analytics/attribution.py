@@ -250,71 +250,77 @@ def _touch_condition(touch: Touch) -> _Sql:
     return condition + ")"
 
 
-def _touches(orders: _Sql, rules: AttributionRules) -> _Sql:
-    """(event_id, message_id, touch_rank, touched_at): each message of the order's profile
-    that touched it, once, by its strongest engagement within the windows."""
+def _touches(orders: _Sql, rules: AttributionRules, *, keep_untouched: bool = False) -> _Sql:
+    """Each message of the order's profile that touched it, once, by its strongest engagement
+    within the windows: the order's columns (event_id, profile_id, ordered_at, order_id,
+    amount, currency), the message's (message_id, campaign_id, step_id, variant_id, channel),
+    touch_rank and touched_at. With ``keep_untouched``, an order no message touched is one row
+    without message, rank or time."""
     touches = rules.touches
     conditions = [_touch_condition(touch) for touch in touches]
-    if len(touches) == 1:
-        rank = _Sql(str(touches[0].rank))
-        touched_at = _Sql(f"m.{touches[0].column}")
-    else:
-        rank, touched_at = _Sql("CASE"), _Sql("CASE")
-        for touch, condition in zip(touches[:-1], conditions[:-1], strict=True):
-            rank = rank + " WHEN " + condition + f" THEN {touch.rank}"
-            touched_at = touched_at + " WHEN " + condition + f" THEN m.{touch.column}"
-        rank = rank + f" ELSE {touches[-1].rank} END"
-        touched_at = touched_at + f" ELSE m.{touches[-1].column} END"
+    # An untouched order's row (LEFT JOIN) has no message: no rank, no time.
+    rank = _Sql("CASE WHEN m.id IS NULL THEN NULL")
+    touched_at = _Sql("CASE WHEN m.id IS NULL THEN NULL")
+    for touch, condition in zip(touches[:-1], conditions[:-1], strict=True):
+        rank = rank + " WHEN " + condition + f" THEN {touch.rank}"
+        touched_at = touched_at + " WHEN " + condition + f" THEN m.{touch.column}"
+    rank = rank + f" ELSE {touches[-1].rank} END"
+    touched_at = touched_at + f" ELSE m.{touches[-1].column} END"
+    join = "LEFT JOIN" if keep_untouched else "JOIN"
     return (
-        _Sql("SELECT o.event_id AS event_id, m.id AS message_id, ")
+        _Sql(
+            "SELECT o.event_id AS event_id, o.profile_id AS profile_id, "
+            "o.ordered_at AS ordered_at, o.order_id AS order_id, o.amount AS amount, "
+            "o.currency AS currency, m.id AS message_id, "
+        )
         + rank
         + " AS touch_rank, "
         + touched_at
-        + " AS touched_at FROM ("
+        + " AS touched_at, m.campaign_id AS campaign_id, m.step_id AS step_id, "
+        "m.variant_id AS variant_id, m.channel AS channel FROM ("
         + orders
-        + f") o JOIN {_table(Message)} m ON m.profile_id = o.profile_id WHERE ("
+        + f") o {join} {_table(Message)} m ON m.profile_id = o.profile_id AND ("
         + _Sql.join(" OR ", conditions)
         + ")"
     )
 
 
-def _winners(orders: _Sql, rules: AttributionRules) -> _Sql:
-    """(event_id, message_id, touch_rank, touched_at) of the one winning touch per order:
-    strongest kind, then latest, then the newer message (higher id) on a tie."""
+def _attributions(where: _Sql, rules: AttributionRules) -> _Sql:
+    """The Conversion columns (except id and attributed_at) of the orders matching ``where``.
+
+    One pass: each order joined (LEFT) to the messages that touched it, and the winner picked
+    per order by ROW_NUMBER: strongest kind, then latest, then the newer message (higher id).
+    No second join of the orders to their winners: a planner may run such a join's windowed
+    side once per order.
+    """
+    untouched = f"'{AttributionModel.NONE}'"
+    if not rules.touches:
+        return (
+            _Sql(
+                "SELECT o.event_id AS order_event_id, o.order_id AS order_id, "
+                "o.profile_id AS profile_id, o.ordered_at AS ordered_at, "
+                "COALESCE(o.amount, 0) AS revenue, o.currency AS currency, "
+                f"{untouched} AS model, NULL AS message_id, NULL AS campaign_id, "
+                "NULL AS step_id, NULL AS variant_id, '' AS channel, NULL AS touched_at FROM ("
+            )
+            + _orders(where, rules)
+            + ") o"
+        )
     return (
         _Sql(
-            "SELECT event_id, message_id, touch_rank, touched_at FROM ("
-            "SELECT t.event_id, t.message_id, t.touch_rank, t.touched_at, ROW_NUMBER() OVER ("
-            "PARTITION BY t.event_id "
+            "SELECT order_event_id, order_id, profile_id, ordered_at, revenue, currency, model, "
+            "message_id, campaign_id, step_id, variant_id, channel, touched_at FROM ("
+            "SELECT t.event_id AS order_event_id, t.order_id AS order_id, "
+            "t.profile_id AS profile_id, t.ordered_at AS ordered_at, "
+            "COALESCE(t.amount, 0) AS revenue, t.currency AS currency, "
+            f"{_kind_case('t.touch_rank', rules)} AS model, t.message_id AS message_id, "
+            "t.campaign_id AS campaign_id, t.step_id AS step_id, t.variant_id AS variant_id, "
+            "COALESCE(t.channel, '') AS channel, t.touched_at AS touched_at, "
+            "ROW_NUMBER() OVER (PARTITION BY t.event_id "
             "ORDER BY t.touch_rank, t.touched_at DESC, t.message_id DESC) AS place FROM ("
         )
-        + _touches(orders, rules)
+        + _touches(_orders(where, rules), rules, keep_untouched=True)
         + ") t) ranked WHERE place = 1"
-    )
-
-
-def _attributions(where: _Sql, rules: AttributionRules) -> _Sql:
-    """The Conversion columns (except id and attributed_at) of the orders matching ``where``."""
-    if not rules.touches:
-        winners = _Sql(
-            "SELECT NULL AS event_id, NULL AS message_id, NULL AS touch_rank, "
-            "NULL AS touched_at WHERE 1 = 0"
-        )
-    else:
-        winners = _winners(_orders(where, rules), rules)
-    return (
-        _Sql(
-            "SELECT o.event_id AS order_event_id, o.order_id AS order_id, "
-            "o.profile_id AS profile_id, o.ordered_at AS ordered_at, "
-            "COALESCE(o.amount, 0) AS revenue, o.currency AS currency, "
-            f"{_kind_case('w.touch_rank', rules)} AS model, w.message_id AS message_id, "
-            "m.campaign_id AS campaign_id, m.step_id AS step_id, m.variant_id AS variant_id, "
-            "COALESCE(m.channel, '') AS channel, w.touched_at AS touched_at FROM ("
-        )
-        + _orders(where, rules)
-        + ") o LEFT JOIN ("
-        + winners
-        + f") w ON w.event_id = o.event_id LEFT JOIN {_table(Message)} m ON m.id = w.message_id"
     )
 
 
@@ -476,26 +482,32 @@ def _recheck_candidates(
 def _recheck_batch(event_ids: list[int], *, rules: AttributionRules, now: datetime) -> int:
     """Recompute the conversions of ``event_ids``; return how many changed."""
     with transaction.atomic():
-        where = _Sql(f"e.id IN ({_placeholders(event_ids)})", event_ids)
-        fields = ", ".join(f"a.{name}" for name in RECHECKED_FIELDS)
-        query = (
-            _Sql(f"SELECT c.id, {fields} FROM {_table(Conversion)} c JOIN (")
-            + _attributions(where, rules)
-            + ") a ON a.order_event_id = c.order_event_id"
-        )
-        # raw() converts each column like its model field (dates are text on SQLite).
-        recomputed = list(Conversion.objects.raw(query.text, query.params))
         stored = {
             row["pk"]: row
             for row in Conversion.objects.filter(order_event_id__in=event_ids).values(
                 "pk", *RECHECKED_FIELDS
             )
         }
+        if not stored:
+            return 0
+        # The statements below name the conversions by primary key: a plan that does not
+        # depend on the table's statistics (stale right after a backfill filled it).
+        pks = list(stored)
+        where = _Sql(f"e.id IN ({_placeholders(event_ids)})", event_ids)
+        fields = ", ".join(f"a.{name}" for name in RECHECKED_FIELDS)
+        query = (
+            _Sql(f"SELECT c.id, {fields} FROM {_table(Conversion)} c JOIN (")
+            + _attributions(where, rules)
+            + _Sql(
+                f") a ON a.order_event_id = c.order_event_id WHERE c.id IN ({_placeholders(pks)})",
+                pks,
+            )
+        )
+        # raw() converts each column like its model field (dates are text on SQLite).
         changed = [
             conversion
-            for conversion in recomputed
-            if conversion.pk in stored
-            and any(
+            for conversion in Conversion.objects.raw(query.text, query.params)
+            if any(
                 getattr(conversion, name) != stored[conversion.pk][name]
                 for name in RECHECKED_FIELDS
             )
@@ -505,11 +517,9 @@ def _recheck_batch(event_ids: list[int], *, rules: AttributionRules, now: dateti
                 changed, [name.removesuffix("_id") for name in RECHECKED_FIELDS]
             )
         # attributed_at is also "checked at": the reports that led here are now older.
-        Conversion.objects.filter(order_event_id__in=event_ids).update(attributed_at=now)
-        Influence.objects.filter(conversion__order_event_id__in=event_ids).delete()
-        _insert_influences(
-            where, _Sql(f"c.order_event_id IN ({_placeholders(event_ids)})", event_ids), rules
-        )
+        Conversion.objects.filter(pk__in=pks).update(attributed_at=now)
+        Influence.objects.filter(conversion_id__in=pks).delete()
+        _insert_influences(where, _Sql(f"c.id IN ({_placeholders(pks)})", pks), rules)
     return len(changed)
 
 
