@@ -285,6 +285,10 @@ def _touches(orders: _Sql, rules: AttributionRules, *, keep_untouched: bool = Fa
     )
 
 
+#: A NULL of the id columns' type.
+_NO_ID = "CASE WHEN 1 = 0 THEN o.event_id END"
+
+
 def _attributions(where: _Sql, rules: AttributionRules) -> _Sql:
     """The Conversion columns (except id and attributed_at) of the orders matching ``where``.
 
@@ -300,8 +304,10 @@ def _attributions(where: _Sql, rules: AttributionRules) -> _Sql:
                 "SELECT o.event_id AS order_event_id, o.order_id AS order_id, "
                 "o.profile_id AS profile_id, o.ordered_at AS ordered_at, "
                 "COALESCE(o.amount, 0) AS revenue, o.currency AS currency, "
-                f"{untouched} AS model, NULL AS message_id, NULL AS campaign_id, "
-                "NULL AS step_id, NULL AS variant_id, '' AS channel, NULL AS touched_at FROM ("
+                # Typed NULLs (a bare NULL is text to PostgreSQL in an UPDATE ... FROM).
+                f"{untouched} AS model, {_NO_ID} AS message_id, {_NO_ID} AS campaign_id, "
+                f"{_NO_ID} AS step_id, {_NO_ID} AS variant_id, '' AS channel, "
+                "CASE WHEN 1 = 0 THEN o.ordered_at END AS touched_at FROM ("
             )
             + _orders(where, rules)
             + ") o"
@@ -480,47 +486,40 @@ def _recheck_candidates(
 
 
 def _recheck_batch(event_ids: list[int], *, rules: AttributionRules, now: datetime) -> int:
-    """Recompute the conversions of ``event_ids``; return how many changed."""
+    """Recompute the conversions of ``event_ids`` in place; return how many changed."""
     with transaction.atomic():
-        stored = {
-            row["pk"]: row
-            for row in Conversion.objects.filter(order_event_id__in=event_ids).values(
-                "pk", *RECHECKED_FIELDS
-            )
-        }
-        if not stored:
-            return 0
         # The statements below name the conversions by primary key: a plan that does not
         # depend on the table's statistics (stale right after a backfill filled it).
-        pks = list(stored)
+        pks = list(
+            Conversion.objects.filter(order_event_id__in=event_ids).values_list("pk", flat=True)
+        )
+        if not pks:
+            return 0
         where = _Sql(f"e.id IN ({_placeholders(event_ids)})", event_ids)
-        fields = ", ".join(f"a.{name}" for name in RECHECKED_FIELDS)
-        query = (
-            _Sql(f"SELECT c.id, {fields} FROM {_table(Conversion)} c JOIN (")
+        table = _table(Conversion)
+        assignments = ", ".join(f"{name} = a.{name}" for name in RECHECKED_FIELDS)
+        # Only rows whose answer changed are written (NULL-safe "differs" on both backends).
+        differs = " OR ".join(
+            f"({table}.{name} <> a.{name} OR ({table}.{name} IS NULL) <> (a.{name} IS NULL))"
+            for name in RECHECKED_FIELDS
+        )
+        update = (
+            _Sql(f"UPDATE {table} SET {assignments} FROM (")
             + _attributions(where, rules)
             + _Sql(
-                f") a ON a.order_event_id = c.order_event_id WHERE c.id IN ({_placeholders(pks)})",
+                f") a WHERE {table}.order_event_id = a.order_event_id "
+                f"AND {table}.id IN ({_placeholders(pks)}) AND ({differs})",
                 pks,
             )
         )
-        # raw() converts each column like its model field (dates are text on SQLite).
-        changed = [
-            conversion
-            for conversion in Conversion.objects.raw(query.text, query.params)
-            if any(
-                getattr(conversion, name) != stored[conversion.pk][name]
-                for name in RECHECKED_FIELDS
-            )
-        ]
-        if changed:
-            Conversion.objects.bulk_update(
-                changed, [name.removesuffix("_id") for name in RECHECKED_FIELDS]
-            )
+        with connection.cursor() as cursor:
+            cursor.execute(update.text, update.params)
+            changed = max(cursor.rowcount, 0)
         # attributed_at is also "checked at": the reports that led here are now older.
         Conversion.objects.filter(pk__in=pks).update(attributed_at=now)
         Influence.objects.filter(conversion_id__in=pks).delete()
         _insert_influences(where, _Sql(f"c.id IN ({_placeholders(pks)})", pks), rules)
-    return len(changed)
+    return changed
 
 
 # --- runs -----------------------------------------------------------------------------------

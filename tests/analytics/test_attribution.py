@@ -766,3 +766,31 @@ def test_a_checkout_after_a_click_on_a_campaign_email_is_attributed_to_it(time_m
     assert conversion.profile_id == profile.pk
     assert conversion.revenue == get_model("order", "Order").objects.get().total_incl_tax
     assert conversion.ordered_at == placed_at
+
+
+def test_windows_of_zero_count_nothing_even_after_a_merge(settings, time_machine):
+    settings.OMNICHANNEL = {
+        **settings.OMNICHANNEL,
+        "ATTRIBUTION_CLICK_WINDOW": 0,
+        "ATTRIBUTION_OPEN_WINDOW": 0,
+        "ATTRIBUTION_DELIVERY_WINDOW": 0,
+    }
+    time_machine.move_to(RUN_AT, tick=False)
+    ada, visitor = person(), person()
+    message(ada, clicked=ORDER_AT - HOUR)
+    placed = order(visitor, amount="5.00")
+    attribute_orders(now=RUN_AT)
+    assert attribution(placed) == (AttributionModel.NONE, None)
+
+    time_machine.move_to(RUN_AT + HOUR, tick=False)
+    merge_profiles(ada, visitor, reason="same email")
+    result = attribute_orders(now=RUN_AT + 2 * HOUR)
+
+    assert (result.rechecked, result.changed) == (1, 0)
+    conversion = Conversion.objects.get(order_event=placed)
+    assert (conversion.model, conversion.message_id, conversion.profile_id) == (
+        "none",
+        None,
+        ada.pk,
+    )
+    assert conversion.revenue == Decimal("5.00")
