@@ -309,11 +309,15 @@ class Planner:
         if self._engagement is None:
             since = self.now - timedelta(days=int(app_settings.ENGAGEMENT_WINDOW_DAYS))
             stats: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
-            rows = Message.objects.filter(
-                profile_id__in={e.profile_id for e in self.enrollments},
-                created_at__gte=since,
-                sent_at__isnull=False,
-            ).values_list("profile_id", "channel", "opened_at", "clicked_at")
+            rows = (
+                Message.objects.filter(
+                    profile_id__in={e.profile_id for e in self.enrollments},
+                    created_at__gte=since,
+                    sent_at__isnull=False,
+                )
+                .order_by()
+                .values_list("profile_id", "channel", "opened_at", "clicked_at")
+            )
             for pid, name, opened_at, clicked_at in rows:
                 counts = stats[(pid, name)]
                 counts[0] += 1
@@ -344,6 +348,7 @@ class Planner:
                 profile_id__in=profile_ids, purpose=Purpose.MARKETING, created_at__gte=since
             )
             .exclude(status__in=NOT_A_CONTACT)
+            .order_by()  # counted, so in any order: no sort
             .values_list("profile_id", "enrollment_id", "pk", "created_at", "campaign_id")
         )
         for pid, enrollment_id, pk, created_at, campaign_id in rows:
@@ -645,17 +650,18 @@ def claim_due_enrollments(*, now: datetime, limit: int) -> list[Enrollment]:
     candidates = due.order_by("next_due_at", "id")
     with transaction.atomic():
         if connection.vendor == "postgresql":
-            if not _claim_in_one_statement(candidates, token=token, lease=lease, limit=limit):
-                return []
+            chosen = _claim_in_one_statement(candidates, token=token, lease=lease, limit=limit)
         else:
             if connection.features.has_select_for_update_skip_locked:
                 candidates = candidates.select_for_update(skip_locked=True, of=("self",))
             chosen = list(candidates.values_list("id", flat=True)[:limit])
-            if not chosen:
-                return []
-            due.filter(pk__in=chosen).update(claimed_by=token, claim_expires_at=lease)
+            if chosen:
+                due.filter(pk__in=chosen).update(claimed_by=token, claim_expires_at=lease)
+    if not chosen:
+        return []
     claimed = list(
-        Enrollment.objects.filter(claimed_by=token, state=EnrollmentState.ACTIVE)
+        # By primary key: the token is not indexed (and the table holds every enrollment).
+        Enrollment.objects.filter(pk__in=chosen, claimed_by=token, state=EnrollmentState.ACTIVE)
         .select_related("profile", "profile__user")
         .order_by("-campaign__priority", "next_due_at", "id")
     )
@@ -671,22 +677,22 @@ def claim_due_enrollments(*, now: datetime, limit: int) -> list[Enrollment]:
 
 def _claim_in_one_statement(
     candidates: QuerySet[Enrollment], *, token: str, lease: datetime, limit: int
-) -> int:
+) -> list[int]:
     """PostgreSQL: ``UPDATE ... WHERE id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED LIMIT
-    n))``; the number claimed. One statement instead of a read and a write: rows another tick
-    holds are passed over, never waited for. (``id IN (SELECT ...)`` would be planned as a hash
-    semi-join over a sequential scan of every enrollment; the array is read once, then the
-    primary key.)"""
+    n)) RETURNING id``; the ids claimed. One statement instead of a read and a write: rows
+    another tick holds are passed over, never waited for. (``id IN (SELECT ...)`` would be
+    planned as a hash semi-join over a sequential scan of every enrollment; the array is read
+    once, then the primary key.)"""
     locked = candidates.select_for_update(skip_locked=True, of=("self",)).values("id")[:limit]
     select_sql, select_params = _sql(locked)
     table = connection.ops.quote_name(Enrollment._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET claimed_by = %s, claim_expires_at = %s "  # noqa: S608  (ORM SQL)
-            f"WHERE id = ANY(ARRAY({select_sql}))",
+            f"WHERE id = ANY(ARRAY({select_sql})) RETURNING id",
             [token, lease, *select_params],
         )
-        return cursor.rowcount
+        return [row[0] for row in cursor.fetchall()]
 
 
 #: Enrollment fields a decision changes (written back for the whole batch at once).
@@ -741,7 +747,7 @@ def advance(enrollments: Sequence[Enrollment], *, now: datetime) -> TickResult:
     set_based = set_based_writes()
     with transaction.atomic():
         if set_based:
-            _custom_plans_in_this_transaction()
+            _fresh_plans_for_this_batch()
         # Still ours, still active, still this person's (a merge may have ended or moved it
         # since the claim): anything else is left as the other writer made it.
         mine = set(
@@ -777,12 +783,15 @@ def advance(enrollments: Sequence[Enrollment], *, now: datetime) -> TickResult:
     return result
 
 
-def _custom_plans_in_this_transaction() -> None:
-    # PostgreSQL caches the plans of its foreign-key checks per session and, after five runs,
-    # may keep a generic one made while the message table was nearly empty: a sequential scan
-    # per inserted row from then on (a tick 6x slower). A plan per run costs little.
+def _fresh_plans_for_this_batch() -> None:
+    # PostgreSQL caches the plans of its foreign-key checks per session: a generic plan made
+    # while the message table was nearly empty (a new shop, a worker that started on an empty
+    # database) is a sequential scan, kept for every row inserted later (a tick 6x slower).
+    # Dropping the session's plans makes each batch plan its checks for the tables as they are.
+    # (plan_cache_mode = force_custom_plan does that too, but plans every single check: it
+    # tripled the time of the commit, where the checks run.)
     with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        cursor.execute("DISCARD PLANS")
 
 
 def _create_messages(
