@@ -114,6 +114,8 @@ class Conversion(models.Model):
             models.Index(fields=["ordered_at"], name="oc_conversion_time"),
             models.Index(fields=["message"], name="oc_conversion_message"),
             models.Index(fields=["profile", "ordered_at"], name="oc_conversion_profile"),
+            # The attribution job's "last run" (the latest attributed_at).
+            models.Index(fields=["attributed_at"], name="oc_conversion_attributed"),
         ]
 
     def __str__(self) -> str:

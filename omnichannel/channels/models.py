@@ -274,7 +274,16 @@ class MessageStatusChange(models.Model):
         verbose_name = _("message status change")
         verbose_name_plural = _("message status changes")
         ordering = ["occurred_at", "id"]
-        indexes = [models.Index(fields=["message", "occurred_at"], name="oc_msg_history")]
+        indexes = [
+            models.Index(fields=["message", "occurred_at"], name="oc_msg_history"),
+            # Attribution re-checks orders after late engagement reports: the reports recorded
+            # since its last run. Only engagement is indexed; the hot queued/sent rows are not.
+            models.Index(
+                fields=["recorded_at"],
+                name="oc_msg_history_engagement",
+                condition=Q(status__in=["delivered", "opened", "clicked"]),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.status} at {self.occurred_at:%Y-%m-%d %H:%M:%S}"
