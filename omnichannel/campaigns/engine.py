@@ -366,6 +366,7 @@ class Planner:
             campaign__status=CampaignStatus.ACTIVE,
             campaign__purpose=Purpose.MARKETING,
             last_message_at__isnull=True,
+            holdout=False,  # held out: will never need a contact
         ).values_list("profile_id", "pk", "campaign__priority")
         for pid, pk, priority in pending:
             reserved[pid].append((pk, priority))
@@ -455,15 +456,15 @@ class Planner:
         return decision
 
     def _held_out(self, enrollment: Enrollment) -> bool:
-        """Whether this person is in the campaign's holdout, decided at the enrollment's first
-        decision only: whoever already had a message of it stays in the treated group."""
-        campaign = enrollment.campaign
+        """Whether this enrollment is in the campaign's holdout: the group is stored when the
+        person is enrolled (``enrolling``, ``fanout``), so it does not depend on what happened
+        before the first step, nor on a share changed later. Whoever already had a message of
+        it stays in the treated group."""
         return bool(
-            campaign.holdout_percent
+            enrollment.holdout
             and not enrollment.step_position
             and enrollment.last_message_at is None
             and not self.messages.get(enrollment.pk)
-            and is_held_out(enrollment.profile_id, campaign)
         )
 
     def _exit_reason(self, enrollment: Enrollment) -> tuple[str, str] | None:
@@ -1192,7 +1193,12 @@ def explain(campaign: Campaign, profile: CustomerProfile, *, now: datetime) -> D
     )
     fresh = enrollment is None
     if enrollment is None:
-        enrollment = Enrollment(campaign=campaign, profile=profile, enrolled_at=now)
+        enrollment = Enrollment(
+            campaign=campaign,
+            profile=profile,
+            enrolled_at=now,
+            holdout=bool(campaign.holdout_percent) and is_held_out(profile.pk, campaign),
+        )
     planner = Planner([enrollment], now=now)
     if fresh:
         planner.items.pop(None, None)  # type: ignore[call-overload]  (no subject to check)

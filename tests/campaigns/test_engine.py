@@ -88,8 +88,13 @@ def campaign(*steps: tuple[str, timedelta], name: str = "Cascade", **fields) -> 
 
 
 def enroll(made: Campaign, profile: CustomerProfile, *, due: datetime = NOON) -> Enrollment:
+    """Enroll as ``enrolling`` does, the holdout group included."""
     return Enrollment.objects.create(
-        campaign=made, profile=profile, enrolled_at=due - timedelta(hours=1), next_due_at=due
+        campaign=made,
+        profile=profile,
+        enrolled_at=due - timedelta(hours=1),
+        next_due_at=due,
+        holdout=bool(made.holdout_percent) and is_held_out(profile.pk, made),
     )
 
 
@@ -403,6 +408,7 @@ def enroll_all(made: Campaign, profiles: list[CustomerProfile], subject: str = "
             subject_key=subject,
             enrolled_at=NOON - timedelta(hours=1),
             next_due_at=NOON,
+            holdout=bool(made.holdout_percent) and is_held_out(p.pk, made),
         )
         for p in profiles
     )
@@ -465,27 +471,36 @@ def test_a_held_out_person_is_never_messaged_and_exits_held_out():
 
 
 def test_the_holdout_comes_before_other_exits_and_never_takes_someone_already_messaged():
-    made = campaign(*CASCADE)
-    converted = enroll(made, held_out_person(Campaign(pk=made.pk, holdout_percent=50)))
+    made = campaign(*CASCADE, holdout_percent=50)
+    converted = enroll(made, held_out_person(made))
     Event.objects.create(
         type=EventType.ORDER_PLACED,
         profile=converted.profile,
         occurred_at=NOON - timedelta(minutes=5),
     )
-    messaged = enroll(made, held_out_person(Campaign(pk=made.pk, holdout_percent=50)))
-    tick(now=NOON, dispatch=False)  # no holdout yet: the second person gets the email
+    messaged = enroll(made, held_out_person(made, held_out=False))
+    tick(now=NOON, dispatch=False)
+    converted.refresh_from_db()
+    # The group is the one stored at enrollment, so both groups end up with the same mix of
+    # later exits (a conversion here): it is not lost to "converted".
+    assert (converted.exit_reason, converted.holdout) == (ExitReason.HELD_OUT, True)
     assert messages(messaged) == ["email"]
 
-    Campaign.objects.filter(pk=made.pk).update(holdout_percent=50)
-    Enrollment.objects.filter(pk=converted.pk).update(
-        state=EnrollmentState.ACTIVE, exit_reason="", next_due_at=NOON, ended_at=None
-    )
+    # Whoever had a message stays treated, whatever the stored group says by then.
+    Enrollment.objects.filter(pk=messaged.pk).update(holdout=True)
     tick(now=NOON + timedelta(hours=4), dispatch=False)
-    converted.refresh_from_db()
     messaged.refresh_from_db()
-    # The group is the hash's alone, so both groups end up with the same mix of later exits.
-    assert (converted.exit_reason, converted.holdout) == (ExitReason.HELD_OUT, True)
-    assert messages(messaged) == ["email", "sms"] and not messaged.holdout
+    assert messages(messaged) == ["email", "sms"]
+
+
+def test_a_share_changed_later_does_not_move_people_already_enrolled():
+    made = campaign(*CASCADE)
+    enrolled_before = enroll(made, held_out_person(Campaign(pk=made.pk, holdout_percent=50)))
+    Campaign.objects.filter(pk=made.pk).update(holdout_percent=50)
+    tick(now=NOON, dispatch=False)
+    assert messages(enrolled_before) == ["email"]
+    enrolled_before.refresh_from_db()
+    assert not enrolled_before.holdout
 
 
 def test_each_person_gets_their_variant_of_the_step_stored_on_the_message():
