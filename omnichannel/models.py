@@ -1,6 +1,6 @@
 """One app label, one migration history: every sub-package's models are imported here."""
 
-from .analytics.models import Conversion, Influence  # noqa: F401
+from .analytics.models import AttributionState, Conversion, Influence  # noqa: F401
 from .api.models import ApiEventReceipt, ApiKey  # noqa: F401
 from .campaigns.models import (  # noqa: F401
     Campaign,

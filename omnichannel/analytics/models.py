@@ -150,3 +150,26 @@ class Influence(models.Model):
 
     def __str__(self) -> str:
         return f"message {self.message_id} -> conversion {self.conversion_id}"
+
+
+class AttributionState(models.Model):
+    """The attribution job's own bookmark (one row): how far late reports have been re-checked.
+
+    Only a complete, unrestricted re-check pass moves it, so a run limited with ``since``, a
+    failed batch or a run that stopped early never skips reports the next run must look at.
+    """
+
+    reports_checked_until = models.DateTimeField(
+        _("reports re-checked until"),
+        null=True,
+        blank=True,
+        help_text=_("Engagement reports recorded before this have been re-checked."),
+    )
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("attribution state")
+        verbose_name_plural = _("attribution state")
+
+    def __str__(self) -> str:
+        return f"re-checked until {self.reports_checked_until}"
