@@ -556,11 +556,27 @@ def test_a_variants_channel_replaces_the_steps():
 def test_queries_per_batch_stay_flat_with_a_holdout_and_variants():
     made = campaign(*CASCADE, holdout_percent=10)
     step = made.steps.get(position=1)
-    Variant.objects.create(step=step, name="A", channel="sms")
-    Variant.objects.create(step=step, name="B")
+    variants = [
+        Variant.objects.create(step=step, name="A", channel="sms"),
+        Variant.objects.create(step=step, name="B"),
+    ]
+
+    def group(profile: CustomerProfile) -> str:
+        if is_held_out(profile.pk, made):
+            return "held out"
+        return pick_variant(profile.pk, made.pk, variants).name
 
     def queries_for(count: int, offset: int) -> int:
         profiles = people(count)
+        # Every batch has someone held out and someone in each variant (each costs its own
+        # statements), whatever ids the database hands out.
+        seen = {group(p) for p in profiles}
+        while len(seen) < 3:
+            (extra,) = people(1)
+            if group(extra) not in seen:
+                seen.add(group(extra))
+                profiles.append(extra)
+        count = len(profiles)
         Identity.objects.bulk_create(
             Identity(profile=p, kind=IdentityKind.PHONE, value=f"+4477008{p.pk:05d}")
             for p in profiles
