@@ -38,7 +38,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, Max, OuterRef
 from django.utils import timezone
 
-from ..channels.models import Message, MessageStatusChange
+from ..channels.models import Message, MessageStatus, MessageStatusChange
 from ..conf import app_settings
 from ..exceptions import ConfigurationError
 from ..profiles.models import Event, EventType, ProfileMerge
@@ -68,13 +68,12 @@ class Touch:
 
     kind: str  # AttributionModel value
     rank: int  # lower wins
-    column: str  # Message column holding its (first) time
+    status: str  # MessageStatusChange.status that reports it
     window: timedelta
     channels: tuple[str, ...] | None = None  # None: any channel
-
-    @property
-    def status(self) -> str:
-        return self.column.removesuffix("_at")
+    #: Channels (of ``channels``) whose ``sent`` report also counts: their backend reports
+    #: no deliveries, so the provider accepting the message is the delivery.
+    sent_channels: tuple[str, ...] = ()
 
 
 def _window(name: str) -> timedelta:
@@ -102,6 +101,18 @@ def delivery_channels() -> tuple[str, ...]:
     return tuple(configured)
 
 
+def sent_counts_channels(names: Sequence[str]) -> tuple[str, ...]:
+    """Those of ``names`` whose backend reports no deliveries (``reports_deliveries``):
+    their ``sent`` report counts as the delivery. A name no channel is configured under
+    counts ``delivered`` reports only (the system check warns about it)."""
+    from ..channels.registry import get_channels
+
+    channels = get_channels()
+    return tuple(
+        name for name in names if name in channels and not channels[name].reports_deliveries
+    )
+
+
 @dataclass(frozen=True)
 class AttributionRules:
     """The model and windows of one run, read from the settings once."""
@@ -111,6 +122,7 @@ class AttributionRules:
     open_window: timedelta
     delivery_window: timedelta
     delivery_channels: tuple[str, ...]
+    sent_channels: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls) -> AttributionRules:
@@ -119,28 +131,31 @@ class AttributionRules:
             raise ConfigurationError(
                 f"OMNICHANNEL['ATTRIBUTION_MODEL'] must be one of {list(MODELS)}, not {model!r}"
             )
+        channels = delivery_channels()
         return cls(
             model=model,
             click_window=_window("ATTRIBUTION_CLICK_WINDOW"),
             open_window=_window("ATTRIBUTION_OPEN_WINDOW"),
             delivery_window=_window("ATTRIBUTION_DELIVERY_WINDOW"),
-            delivery_channels=delivery_channels(),
+            delivery_channels=channels,
+            sent_channels=sent_counts_channels(channels),
         )
 
     @property
     def touches(self) -> list[Touch]:
         """The engagements this model counts, strongest first; empty windows count nothing."""
-        touches = [Touch(AttributionModel.CLICK, 1, "clicked_at", self.click_window)]
+        touches = [Touch(AttributionModel.CLICK, 1, MessageStatus.CLICKED, self.click_window)]
         if self.model == LAST_TOUCH:
-            touches.append(Touch(AttributionModel.OPEN, 2, "opened_at", self.open_window))
+            touches.append(Touch(AttributionModel.OPEN, 2, MessageStatus.OPENED, self.open_window))
             if self.delivery_channels:
                 touches.append(
                     Touch(
                         AttributionModel.DELIVERY,
                         3,
-                        "delivered_at",
+                        MessageStatus.DELIVERED,
                         self.delivery_window,
                         self.delivery_channels,
+                        self.sent_channels,
                     )
                 )
         return [touch for touch in touches if touch.window > timedelta(0)]
@@ -148,6 +163,14 @@ class AttributionRules:
     @property
     def longest_window(self) -> timedelta:
         return max((touch.window for touch in self.touches), default=timedelta(0))
+
+    @property
+    def sent_touch(self) -> Touch | None:
+        """The delivery touch when some of its channels count ``sent`` reports."""
+        for touch in self.touches:
+            if touch.sent_channels:
+                return touch
+        return None
 
 
 @dataclass
@@ -208,6 +231,10 @@ def _placeholders(values: Sequence[Any]) -> str:
 
 def _minus(column: str, window: timedelta) -> _Sql:
     """``column - window`` in the backend's own date arithmetic."""
+    if connection.vendor == "postgresql":
+        # A number of seconds, not days: an interval's days are calendar days, whose length
+        # depends on the session's time zone (23 or 25 hours across a DST change).
+        return _Sql(f"({column} - make_interval(secs => %s))", [window.total_seconds()])
     expression = connection.ops.combine_duration_expression("-", [column, "%s"])
     return _Sql(expression, [models.DurationField().get_db_prep_value(window, connection)])
 
@@ -229,6 +256,8 @@ def _orders(where: _Sql, rules: AttributionRules) -> _Sql:
     )
     for touch in rules.touches:
         columns = columns + ", " + _minus("e.occurred_at", touch.window) + f" AS {touch.kind}_from"
+    if rules.touches:
+        columns = columns + ", " + _minus("e.occurred_at", rules.longest_window) + " AS first_from"
     return (
         _Sql("SELECT ")
         + columns
@@ -240,14 +269,24 @@ def _orders(where: _Sql, rules: AttributionRules) -> _Sql:
 
 
 def _touch_condition(touch: Touch) -> _Sql:
-    condition = _Sql(
-        f"(m.{touch.column} >= o.{touch.kind}_from AND m.{touch.column} < o.ordered_at"
-    )
+    """A report ``h`` of message ``m`` is this touch of order ``o``: its kind, on the touch's
+    channels, within the touch's window before the order."""
+    condition = _Sql(f"(h.occurred_at >= o.{touch.kind}_from AND h.occurred_at < o.ordered_at AND ")
+    reported = _Sql("h.status = %s", [touch.status])
     if touch.channels is not None:
-        condition = condition + _Sql(
+        reported = reported + _Sql(
             f" AND m.channel IN ({_placeholders(touch.channels)})", touch.channels
         )
-    return condition + ")"
+    if touch.sent_channels:
+        reported = (
+            _Sql("(")
+            + reported
+            + _Sql(
+                f") OR (h.status = %s AND m.channel IN ({_placeholders(touch.sent_channels)}))",
+                [MessageStatus.SENT, *touch.sent_channels],
+            )
+        )
+    return condition + "(" + reported + "))"
 
 
 def _touches(orders: _Sql, rules: AttributionRules, *, keep_untouched: bool = False) -> _Sql:
@@ -255,33 +294,56 @@ def _touches(orders: _Sql, rules: AttributionRules, *, keep_untouched: bool = Fa
     within the windows: the order's columns (event_id, profile_id, ordered_at, order_id,
     amount, currency), the message's (message_id, campaign_id, step_id, variant_id, channel),
     touch_rank and touched_at. With ``keep_untouched``, an order no message touched is one row
-    without message, rank or time."""
+    without message, rank or time.
+
+    The times come from the message's reports (``MessageStatusChange``), not from its
+    ``clicked_at``/``opened_at`` columns (the first report of each): per kind, the latest
+    report strictly before the order and within its window, so a message clicked a week ago
+    and again an hour before the order counts by the recent click.
+    """
     touches = rules.touches
     conditions = [_touch_condition(touch) for touch in touches]
-    # An untouched order's row (LEFT JOIN) has no message: no rank, no time.
-    rank = _Sql("CASE WHEN m.id IS NULL THEN NULL")
-    touched_at = _Sql("CASE WHEN m.id IS NULL THEN NULL")
-    for touch, condition in zip(touches[:-1], conditions[:-1], strict=True):
-        rank = rank + " WHEN " + condition + f" THEN {touch.rank}"
-        touched_at = touched_at + " WHEN " + condition + f" THEN m.{touch.column}"
-    rank = rank + f" ELSE {touches[-1].rank} END"
-    touched_at = touched_at + f" ELSE m.{touches[-1].column} END"
+    latest = [
+        _Sql("MAX(CASE WHEN ") + condition + f" THEN h.occurred_at END) AS {touch.kind}_at"
+        for touch, condition in zip(touches, conditions, strict=True)
+    ]
+    order_columns = (
+        "o.event_id, o.profile_id, o.ordered_at, o.order_id, o.amount, o.currency, "
+        "m.id, m.campaign_id, m.step_id, m.variant_id, m.channel"
+    )
     join = "LEFT JOIN" if keep_untouched else "JOIN"
-    return (
+    grouped = (
         _Sql(
             "SELECT o.event_id AS event_id, o.profile_id AS profile_id, "
             "o.ordered_at AS ordered_at, o.order_id AS order_id, o.amount AS amount, "
-            "o.currency AS currency, m.id AS message_id, "
+            "o.currency AS currency, m.id AS message_id, m.campaign_id AS campaign_id, "
+            "m.step_id AS step_id, m.variant_id AS variant_id, m.channel AS channel, "
         )
-        + rank
-        + " AS touch_rank, "
-        + touched_at
-        + " AS touched_at, m.campaign_id AS campaign_id, m.step_id AS step_id, "
-        "m.variant_id AS variant_id, m.channel AS channel FROM ("
+        + _Sql.join(", ", latest)
+        + " FROM ("
         + orders
-        + f") o {join} {_table(Message)} m ON m.profile_id = o.profile_id AND ("
+        # The reports joined to the profile's messages first; the range on occurred_at uses
+        # the (message, occurred_at) index of the history.
+        + f") o {join} ({_table(Message)} m JOIN {_table(MessageStatusChange)} h "
+        "ON h.message_id = m.id) ON m.profile_id = o.profile_id "
+        "AND h.occurred_at >= o.first_from AND h.occurred_at < o.ordered_at AND ("
         + _Sql.join(" OR ", conditions)
-        + ")"
+        + f") GROUP BY {order_columns}"
+    )
+    rank = " ".join(f"WHEN g.{touch.kind}_at IS NOT NULL THEN {touch.rank}" for touch in touches)
+    latest_times = [f"g.{touch.kind}_at" for touch in touches]
+    # In rank order: the strongest kind's time (SQLite's COALESCE wants two arguments).
+    touched_at = f"COALESCE({', '.join(latest_times)})" if len(touches) > 1 else latest_times[0]
+    return (
+        _Sql(
+            "SELECT g.event_id AS event_id, g.profile_id AS profile_id, "
+            "g.ordered_at AS ordered_at, g.order_id AS order_id, g.amount AS amount, "
+            f"g.currency AS currency, g.message_id AS message_id, CASE {rank} END AS touch_rank, "
+            f"{touched_at} AS touched_at, g.campaign_id AS campaign_id, "
+            "g.step_id AS step_id, g.variant_id AS variant_id, g.channel AS channel FROM ("
+        )
+        + grouped
+        + ") g"
     )
 
 

@@ -119,6 +119,10 @@ class BaseChannel:
     #: The provider (or our pixel) reports when a message is opened. Attribution lets a
     #: delivery win an order only on channels that cannot report opens (push, SMS, Telegram).
     reports_opens: ClassVar[bool] = False
+    #: The provider reports deliveries (a ``delivered`` status change). When it does not
+    #: (push, web push, Telegram), attribution counts the ``sent`` report (the provider
+    #: accepted the message) as the delivery.
+    reports_deliveries: ClassVar[bool] = True
 
     def __init__(self, name: str, *, cost: Decimal, currency: str, options: dict[str, Any]) -> None:
         self.name = name

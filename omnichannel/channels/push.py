@@ -121,6 +121,8 @@ class BasePushChannel(BaseChannel):
     }
     #: Messages per send_batch; their devices go to FCM in calls of at most 500.
     batch_size: ClassVar[int] = 200
+    #: FCM and web push services report no deliveries: attribution counts the send.
+    reports_deliveries: ClassVar[bool] = False
     #: OPTIONS this backend accepts (OUTBOX is taken by BaseChannel).
     option_names: ClassVar[frozenset[str]] = frozenset({"APPLICATION_ID", "TTL", "TIMEOUT"})
     #: Default time to live of a notification the device cannot take at once (seconds).

@@ -85,6 +85,8 @@ class TelegramChannel(BaseChannel):
     label = "Telegram"
     # The body is Telegram HTML: context values must be escaped (undone for plain text).
     escape_text_parts = True
+    # The Bot API reports no deliveries: attribution counts the send.
+    reports_deliveries = False
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)

@@ -26,7 +26,7 @@ from omnichannel.analytics.attribution import (
 )
 from omnichannel.analytics.models import AttributionModel, Conversion, Influence
 from omnichannel.campaigns.models import Campaign, CampaignStatus, Step, Variant
-from omnichannel.channels.models import Message, MessageStatus
+from omnichannel.channels.models import Message, MessageStatus, MessageStatusChange
 from omnichannel.channels.status import record_status
 from omnichannel.exceptions import ConfigurationError
 from omnichannel.profiles.merge import merge_profiles
@@ -81,7 +81,7 @@ def message(
         if delivered
         else MessageStatus.SENT
     )
-    return Message.objects.create(
+    created = Message.objects.create(
         profile=profile,
         channel=channel,
         purpose="marketing",
@@ -95,6 +95,18 @@ def message(
         opened_at=opened,
         clicked_at=clicked,
     )
+    # The reports as record_status leaves them (attribution reads these), all known in time.
+    MessageStatusChange.objects.bulk_create(
+        MessageStatusChange(message=created, status=reported, occurred_at=at, recorded_at=at)
+        for reported, at in (
+            (MessageStatus.SENT, sent),
+            (MessageStatus.DELIVERED, delivered),
+            (MessageStatus.OPENED, opened),
+            (MessageStatus.CLICKED, clicked),
+        )
+        if at is not None
+    )
+    return created
 
 
 def order(
