@@ -34,6 +34,8 @@ from django.utils.translation import gettext_lazy as _
 
 from ..analytics import charts
 from ..analytics.reports import (
+    EARLIEST_DAY,
+    LATEST_DAY,
     MAX_PERIOD_DAYS,
     CampaignReport,
     CustomerOverview,
@@ -78,12 +80,28 @@ class ReportPeriodForm(forms.Form):
         self.today = today
         super().__init__(data)
 
+    def _clean_day(self, name: str) -> date | None:
+        day = self.cleaned_data.get(name)
+        if day is not None and not EARLIEST_DAY <= day <= LATEST_DAY:
+            # Far dates would overflow the period's arithmetic; no shop has orders there.
+            raise forms.ValidationError(
+                gettext("Choose a day from %(first)s to %(last)s.")
+                % {"first": EARLIEST_DAY.isoformat(), "last": LATEST_DAY.isoformat()}
+            )
+        return day
+
+    def clean_start(self) -> date | None:
+        return self._clean_day("start")
+
+    def clean_end(self) -> date | None:
+        return self._clean_day("end")
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         if self.errors:
             return cleaned
         end = cleaned.get("end") or self.today
-        start = cleaned.get("start") or end - timedelta(days=DEFAULT_DAYS - 1)
+        start = cleaned.get("start") or max(end - timedelta(days=DEFAULT_DAYS - 1), EARLIEST_DAY)
         if end < start:
             raise forms.ValidationError(
                 gettext("The end date (%(end)s) is before the start date (%(start)s).")
@@ -94,7 +112,10 @@ class ReportPeriodForm(forms.Form):
                 gettext("A report covers at most %(days)s days; choose a shorter period.")
                 % {"days": MAX_PERIOD_DAYS}
             )
-        cleaned["period"] = Period(start, end)
+        try:
+            cleaned["period"] = Period(start, end)
+        except ValueError as exc:  # e.g. a clock (today) outside the days a report covers
+            raise forms.ValidationError(str(exc)) from None
         return cleaned
 
 
@@ -150,6 +171,13 @@ class Column:
     numeric: bool = True
     #: The URL the cell links to on the page (row -> URL or None).
     link: Callable[[Any], str | None] | None = None
+    #: The CSV columns standing for this one (e.g. an interval's two bounds, each a number
+    #: a spreadsheet can compute with); empty: the column itself.
+    csv_columns: Sequence[Column] = ()
+
+    def in_csv(self) -> Sequence[Column]:
+        """The columns this one is exported as."""
+        return self.csv_columns or (self,)
 
 
 @dataclass
@@ -185,25 +213,25 @@ class Table:
         return None if self.total is None else self._cells(self.total)
 
     def csv_rows(self) -> Iterable[list[str]]:
-        yield [c.name for c in self.columns]
+        columns = [part for column in self.columns for part in column.in_csv()]
+        yield [c.name for c in columns]
         for row in [*self.rows, *([self.total] if self.total is not None else [])]:
-            yield [_csv_safe(c.export(c.value(row))) for c in self.columns]
+            yield [_csv_cell(c, row) for c in columns]
 
 
-def _csv_safe(text: str) -> str:
-    # A cell starting with = + - @ is a formula to a spreadsheet: a campaign named
-    # "=HYPERLINK(...)" must stay text. Negative numbers are data and stay as they are.
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(text):
+def _csv_cell(column: Column, row: Any) -> str:
+    text = column.export(column.value(row))
+    # Numeric columns export plain numbers (or nothing): a "-0.01" is data, never a formula.
+    return text if column.numeric else csv_safe(text)
+
+
+def csv_safe(text: str) -> str:
+    """``text`` as a CSV text cell a spreadsheet will not run: a cell starting with = + - @
+    (or a tab or CR) is a formula to it, so a campaign named "=HYPERLINK(...)" gets a
+    leading ``'``."""
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + text
     return text
-
-
-def _is_number(text: str) -> bool:
-    try:
-        Decimal(text)
-    except ArithmeticError:
-        return False
-    return True
 
 
 def _label_column(title: str, link: Callable[[Any], str | None] | None = None) -> Column:
@@ -294,6 +322,16 @@ def _daily_columns() -> list[Column]:
     ]
 
 
+def funnel_caption() -> str:
+    """Why the funnel's last stage is a share of sent only."""
+    return gettext(
+        "Sent to clicked are messages, each stage within the one before. Converted counts "
+        "orders, by the day they were placed: push and SMS orders need no click and an order "
+        "may follow a message of an earlier day, so it can exceed the clicks; it is a share of "
+        "sent only."
+    )
+
+
 def _funnel_columns() -> list[Column]:
     return [
         _label_column(_("Stage")),
@@ -307,6 +345,67 @@ def _funnel_columns() -> list[Column]:
 
 def _label_of(value: Any) -> str:
     return str(getattr(value, "label", value))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A comparison in words: ``outcome`` is "better", "worse" or "none"."""
+
+    outcome: str
+    text: str
+    note: str = ""
+
+
+def verdict(comparison: Any) -> Verdict:
+    """Which arm of ``comparison`` did better, from its ``winner`` (the significantly better
+    arm, or None) when the uplift module gives one, else from the sign of ``diff`` when the
+    difference is significant."""
+    arm, baseline = _label_of(comparison.arm), _label_of(comparison.baseline)
+    if hasattr(comparison, "winner"):
+        winner = comparison.winner
+        if winner is None:
+            outcome = "none"
+        elif winner is comparison.baseline:
+            outcome = "worse"
+        else:
+            outcome = "better"
+    elif comparison.significant and comparison.diff:
+        outcome = "better" if comparison.diff > 0 else "worse"
+    else:
+        outcome = "none"
+    if outcome == "better":
+        text = gettext("%(arm)s beats %(baseline)s (significant)")
+    elif outcome == "worse":
+        text = gettext("%(arm)s does worse than %(baseline)s (significant)")
+    else:
+        text = gettext("%(arm)s against %(baseline)s: no significant difference")
+    return Verdict(outcome, text % {"arm": arm, "baseline": baseline}, comparison.note or "")
+
+
+def several_variants_note(report: Any) -> str:
+    """A warning when several variants of a step are each compared with its control: every
+    comparison is another chance of a difference that is only luck."""
+    per_control: dict[int, int] = {}
+    for comparison in report.comparisons:
+        if getattr(comparison.arm, "kind", "") == "variant":
+            key = id(comparison.baseline)
+            per_control[key] = per_control.get(key, 0) + 1
+    most = max(per_control.values(), default=0)
+    if most < 2:
+        return ""
+    confidence = float(report.confidence)
+    return gettext(
+        "Several variants are compared with the same control (up to %(count)s): each "
+        'comparison is another chance of a "significant" difference that is only luck. '
+        "With %(count)s comparisons at %(confidence)s%% confidence, the chance of at least one "
+        "such false alarm is about %(chance)s%%, not %(single)s%%; treat a lone significant "
+        "variant with caution and confirm it with a new test."
+    ) % {
+        "count": most,
+        "confidence": f"{confidence * 100:g}",
+        "chance": f"{(1 - confidence**most) * 100:.0f}",
+        "single": f"{(1 - confidence) * 100:g}",
+    }
 
 
 def _uplift_tables(report: Any) -> list[Table]:
@@ -358,7 +457,10 @@ def _uplift_tables(report: Any) -> list[Table]:
                 _("Confidence interval"),
                 lambda c: (c.ci_low, c.ci_high),
                 lambda v: interval(*v, points),
-                lambda v: interval(*v, _fraction),
+                csv_columns=(
+                    Column("ci_low", _("Interval from"), lambda c: c.ci_low, export=_fraction),
+                    Column("ci_high", _("Interval to"), lambda c: c.ci_high, export=_fraction),
+                ),
             ),
             Column("relative", _("Relative"), lambda c: c.relative, _percent, _fraction),
             Column(
@@ -388,7 +490,20 @@ def _uplift_tables(report: Any) -> list[Table]:
                 _("Revenue diff. interval"),
                 lambda c: (c.revenue_ci_low, c.revenue_ci_high),
                 lambda v: interval(*v, signed_money),
-                lambda v: interval(*v, _money_csv),
+                csv_columns=(
+                    Column(
+                        "revenue_ci_low",
+                        _("Revenue interval from"),
+                        lambda c: c.revenue_ci_low,
+                        export=_money_csv,
+                    ),
+                    Column(
+                        "revenue_ci_high",
+                        _("Revenue interval to"),
+                        lambda c: c.revenue_ci_high,
+                        export=_money_csv,
+                    ),
+                ),
             ),
             Column("note", _("Note"), lambda c: c.note, numeric=False),
         ],
@@ -512,7 +627,13 @@ def campaign_tables(report: CampaignReport) -> list[Table]:
             report.variants,
             report.totals,
         ),
-        Table("funnel", gettext("Funnel"), _funnel_columns(), report.funnel),
+        Table(
+            "funnel",
+            gettext("Funnel"),
+            _funnel_columns(),
+            report.funnel,
+            description=funnel_caption(),
+        ),
         Table(
             "daily",
             gettext("Per day"),
@@ -613,6 +734,7 @@ class ReportViews:
             form=form,
             report=report,
             tables=tables,
+            currency_warning=currency_warning(report.other_currencies) if report else "",
             customers_url=admin_url(
                 Campaign, "reports_customers", site_name=self.model_admin.admin_site.name
             )
@@ -691,6 +813,13 @@ class ReportViews:
             tables=tables,
             charts=chart_svgs,
             uplift_how=_uplift_how(report),
+            verdicts=[verdict(c) for c in report.uplift.comparisons]
+            if report is not None and report.uplift is not None
+            else [],
+            variants_note=several_variants_note(report.uplift)
+            if report is not None and report.uplift is not None
+            else "",
+            currency_warning=currency_warning(report.other_currencies) if report else "",
             change_url=admin_url(Campaign, "change", campaign.pk, site_name=site),
             reports_url=admin_url(Campaign, "reports", site_name=site),
         )
@@ -756,6 +885,17 @@ def _uplift_how(report: CampaignReport | None) -> str:
         "(%(window)s); every order of theirs counts, attributed or not, so the holdout shows "
         "what the campaign changed. Intervals at %(confidence)s%% confidence."
     ) % {"window": length, "confidence": f"{report.uplift.confidence * 100:g}"}
+
+
+def currency_warning(currencies: Sequence[str]) -> str:
+    """The warning for revenue that has orders in ``currencies`` besides the costs' one."""
+    if not currencies:
+        return ""
+    return gettext(
+        "Revenue mixes currencies: orders in %(others)s are added to those in %(cost)s (the "
+        "currency of costs) without conversion, so revenue figures add unlike amounts. ROI is "
+        "not shown for rows with revenue in another currency than %(cost)s."
+    ) % {"others": ", ".join(currencies), "cost": app_settings.COST_CURRENCY}
 
 
 def _status(form: ReportPeriodForm) -> int:

@@ -17,12 +17,15 @@ Definitions (docs/analytics.md, "Reports"):
   when nothing was spent.
 * Conversions are those attributed to a campaign message (``analytics.attribution``); the step,
   variant and channel of a conversion are those of the winning message.
+* Revenue is summed whatever the currency of each order (``Conversion.currency``), costs are in
+  ``COST_CURRENCY``: a row whose revenue has another currency has no ROI, and
+  ``Row.other_currencies`` names them so the page can warn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -33,6 +36,7 @@ from django.utils.translation import gettext as _
 
 from ..campaigns.models import Campaign, Step, Variant
 from ..channels.models import Message
+from ..conf import app_settings
 from ..profiles.models import CustomerProfile
 from ..segments.models import RfmGroup
 from .models import Conversion
@@ -42,6 +46,11 @@ ZERO = Decimal("0")
 PER_NOTIFICATION = Decimal("0.0001")
 #: Longest period a report covers: a daily series of two years is still a readable chart.
 MAX_PERIOD_DAYS = 731
+#: The first and last days a report can cover: the shop's history, with room to spare. Beyond
+#: them the period's end (the next midnight) or a default start (30 days back) would leave
+#: the dates Python and the databases can hold.
+EARLIEST_DAY = date(2000, 1, 1)
+LATEST_DAY = date(2999, 12, 31)
 
 #: The stage times in order; a later one implies the earlier ones.
 _SENT_TIMES = ("sent_at", "delivered_at", "opened_at", "clicked_at")
@@ -60,6 +69,11 @@ class Period:
     end: date
 
     def __post_init__(self) -> None:
+        if not all(EARLIEST_DAY <= day <= LATEST_DAY for day in (self.start, self.end)):
+            raise ValueError(
+                _("A report covers days from %(first)s to %(last)s.")
+                % {"first": EARLIEST_DAY.isoformat(), "last": LATEST_DAY.isoformat()}
+            )
         if self.end < self.start:
             raise ValueError(_("The end date is before the start date."))
         if self.days > MAX_PERIOD_DAYS:
@@ -69,8 +83,13 @@ class Period:
 
     @classmethod
     def last_days(cls, days: int, *, today: date) -> Period:
-        """The ``days`` days ending with ``today``."""
-        return cls(today - timedelta(days=days - 1), today)
+        """The ``days`` days ending with ``today`` (none before ``EARLIEST_DAY``)."""
+        if not EARLIEST_DAY <= today <= LATEST_DAY:
+            raise ValueError(
+                _("A report covers days from %(first)s to %(last)s.")
+                % {"first": EARLIEST_DAY.isoformat(), "last": LATEST_DAY.isoformat()}
+            )
+        return cls(max(today - timedelta(days=days - 1), EARLIEST_DAY), today)
 
     @property
     def days(self) -> int:
@@ -110,6 +129,8 @@ class Row:
     conversions: int = 0
     revenue: Decimal = ZERO
     cost: Decimal = ZERO
+    #: The revenue in each order currency ("" for orders without one); sums to ``revenue``.
+    revenue_by_currency: dict[str, Decimal] = field(default_factory=dict)
 
     #: The additive fields, in table order (derived ratios are properties).
     COUNTS = ("sent", "delivered", "opened", "clicked", "conversions", "revenue", "cost")
@@ -120,6 +141,20 @@ class Row:
             value = getattr(other, name) if isinstance(other, Row) else other.get(name)
             if value:
                 setattr(self, name, getattr(self, name) + value)
+        by_currency = (
+            other.revenue_by_currency
+            if isinstance(other, Row)
+            else other.get("revenue_by_currency") or {}
+        )
+        for currency, revenue in by_currency.items():
+            self.revenue_by_currency[currency] = (
+                self.revenue_by_currency.get(currency, ZERO) + revenue
+            )
+
+    @property
+    def other_currencies(self) -> list[str]:
+        """Order currencies of this row's revenue other than ``COST_CURRENCY``, sorted."""
+        return other_currencies(self.revenue_by_currency)
 
     @property
     def ctr(self) -> float | None:
@@ -144,8 +179,18 @@ class Row:
 
     @property
     def roi(self) -> float | None:
-        """(revenue - cost) / cost; none when nothing was spent."""
+        """(revenue - cost) / cost; none when nothing was spent, or when some of the revenue
+        is in another currency than the costs (the difference would mean nothing)."""
+        if self.other_currencies:
+            return None
         return _ratio(self.revenue - self.cost, self.cost)
+
+
+def other_currencies(revenue_by_currency: dict[str, Decimal]) -> list[str]:
+    """The currencies of ``revenue_by_currency`` that are not ``COST_CURRENCY``. Orders
+    without a currency are left out: an order has one whenever it has an amount."""
+    cost_currency = app_settings.COST_CURRENCY
+    return sorted(code for code in revenue_by_currency if code and code != cost_currency)
 
 
 def total_of(rows: Iterable[Row], label: str | None = None) -> Row:
@@ -200,9 +245,11 @@ def _grouped(
     table, whatever the number of rows. The day of a message is the UTC day it was created,
     of a conversion the UTC day of the order."""
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for queryset, aggregates, time_field in (
-        (messages, _message_aggregates(), "created_at"),
-        (conversions, _conversion_aggregates(), "ordered_at"),
+    for queryset, aggregates, time_field, split in (
+        (messages, _message_aggregates(), "created_at", ()),
+        # Conversions also by currency (in the same query): revenue in several currencies
+        # must be told apart before it is added up.
+        (conversions, _conversion_aggregates(), "ordered_at", ("currency",)),
     ):
         # order_by(): the models' default ordering would otherwise join the GROUP BY.
         queryset = queryset.order_by()
@@ -210,13 +257,19 @@ def _grouped(
         if by_day:
             queryset = queryset.annotate(day=TruncDate(time_field, tzinfo=UTC))
             group_keys = (*keys, "day")
-        for found in queryset.values(*group_keys).annotate(**aggregates):
+        for found in queryset.values(*group_keys, *split).annotate(**aggregates):
             if by_day:
                 found["day"] = _as_date(found["day"])
             group = groups.setdefault(
                 tuple(found[k] for k in group_keys), {k: found[k] for k in group_keys}
             )
-            group.update({k: v for k, v in found.items() if k not in group_keys})
+            for name, value in found.items():
+                if name not in group_keys and name not in split:
+                    group[name] = group.get(name, 0) + (value or 0)
+            if split:
+                by_currency = group.setdefault("revenue_by_currency", {})
+                currency = found["currency"] or ""
+                by_currency[currency] = by_currency.get(currency, ZERO) + found["revenue"]
     return list(groups.values())
 
 
@@ -304,6 +357,14 @@ class OverviewReport:
     attributed_orders: int
     attributed_revenue: Decimal
     revenue: Decimal
+    #: Every order of the period's revenue per currency (``revenue`` is their sum).
+    revenue_by_currency: dict[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def other_currencies(self) -> list[str]:
+        """Currencies of the period's orders other than ``COST_CURRENCY``: revenue figures
+        that add them to the rest mix currencies (the page warns)."""
+        return other_currencies(self.revenue_by_currency)
 
     @property
     def totals(self) -> Row:
@@ -345,6 +406,7 @@ def overview_report(period: Period) -> OverviewReport:
         attributed_orders=attributed.conversions,
         attributed_revenue=attributed.revenue,
         revenue=orders.revenue,
+        revenue_by_currency=orders.revenue_by_currency,
     )
 
 
@@ -365,7 +427,8 @@ class FunnelStage:
     key: str
     label: str
     count: int
-    #: Share of the stage before (None for the first stage, or after an empty one).
+    #: Share of the stage before (None for the first stage, after an empty one, and for the
+    #: orders, which are not a subset of the clicks).
     of_previous: float | None
     #: Share of the messages sent.
     of_sent: float | None
@@ -398,15 +461,25 @@ class CampaignReport:
         return total
 
     @property
+    def other_currencies(self) -> list[str]:
+        """Currencies of the campaign's conversions other than ``COST_CURRENCY``."""
+        return self.totals.other_currencies
+
+    @property
     def funnel(self) -> list[FunnelStage]:
-        """Sent, delivered, opened, clicked, converted: each stage a count of the totals."""
+        """Sent, delivered, opened, clicked (messages, each stage within the one before),
+        then converted (orders): each a count of the totals.
+
+        The orders are no subset of the clicks: push and SMS conversions need no click, and
+        orders count by their own day, messages by theirs. So converted is a share of sent
+        only, never of clicked (it could pass 100 %).
+        """
         totals = self.totals
         stages = [
             ("sent", _("Sent"), totals.sent),
             ("delivered", _("Delivered"), totals.delivered),
             ("opened", _("Opened"), totals.opened),
             ("clicked", _("Clicked"), totals.clicked),
-            ("converted", _("Converted"), totals.conversions),
         ]
         result = []
         previous: int | None = None
@@ -421,6 +494,15 @@ class CampaignReport:
                 )
             )
             previous = count
+        result.append(
+            FunnelStage(
+                key="converted",
+                label=_("Converted (orders)"),
+                count=totals.conversions,
+                of_previous=None,
+                of_sent=_ratio(totals.conversions, totals.sent),
+            )
+        )
         return result
 
 

@@ -176,7 +176,7 @@ def test_campaign_csv_totals_equal_the_page_totals(boss, history):
         ("Delivered", "8"),
         ("Opened", "5"),
         ("Clicked", "4"),
-        ("Converted", "4"),
+        ("Converted (orders)", "4"),
     ]
     mix = read_csv(boss.get(url, {**query, "format": "csv", "table": "mix"}))
     assert mix[1][:4] == ["Basket rescue", "6", "3", "125.50"]
@@ -220,6 +220,11 @@ def test_bad_dates_show_a_form_error_never_a_500(boss, history):
         ({"start": "yesterday", "end": "2026-03-01"}, "Enter a valid date."),
         ({"start": "2026-03-05", "end": "2026-03-01"}, "is before the start date"),
         ({"start": "2020-01-01", "end": "2026-03-01"}, "at most 731 days"),
+        # Days whose arithmetic would overflow (the next midnight, 30 days back).
+        ({"start": "9999-12-25", "end": "9999-12-31"}, "Choose a day from 2000-01-01"),
+        ({"end": "9999-12-31"}, "Choose a day from 2000-01-01 to 2999-12-31"),
+        ({"end": "0001-01-05"}, "Choose a day from 2000-01-01 to 2999-12-31"),
+        ({"start": "0001-01-01"}, "Choose a day from 2000-01-01 to 2999-12-31"),
     ]:
         for target in (url, OVERVIEW):
             response = boss.get(target, query)
@@ -338,7 +343,10 @@ def test_uplift_block_shows_the_arms_and_exports_them(boss, history):
     url = report_url(history.basket)
     page = boss.get(url, PERIOD).content.decode()
     assert 'id="oc-table-uplift_arms"' in page and 'id="oc-table-uplift"' in page
-    assert "Treated (everyone not held out) against Holdout (no message)" in html.unescape(page)
+    assert (
+        "Treated (everyone not held out) against Holdout (no message): no significant difference"
+        in html.unescape(page)
+    )
     assert "conversion window (7 days)" in html.unescape(page)
     assert "Intervals at 95% confidence" in page
     arms = read_csv(boss.get(url, {**PERIOD, "format": "csv", "table": "uplift_arms"}))
@@ -348,4 +356,149 @@ def test_uplift_block_shows_the_arms_and_exports_them(boss, history):
     assert by_kind["treated"][5] == "40.00"
     comparisons = read_csv(boss.get(url, {**PERIOD, "format": "csv", "table": "uplift"}))
     assert comparisons[1][:2] == ["Treated (everyone not held out)", "Holdout (no message)"]
-    assert comparisons[1][6] in ("yes", "no")
+    header = comparisons[0]
+    assert header[:9] == [
+        "arm",
+        "baseline",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "relative",
+        "p_value",
+        "significant",
+        "revenue_diff",
+    ]
+    assert header[9:] == ["revenue_ci_low", "revenue_ci_high", "note"]
+    treated = dict(zip(header, comparisons[1], strict=True))
+    assert treated["significant"] == "no"
+    # 1 of 2 against 0 of 2: a wide interval from below 0. Each bound is a number of its
+    # own, never given the anti-formula quote, negative or not.
+    assert treated["diff"] == "0.5000"
+    assert Decimal(treated["ci_low"]) < 0 < Decimal("0.5") < Decimal(treated["ci_high"])
+    assert Decimal(treated["revenue_ci_low"]) < 0 < Decimal(treated["revenue_ci_high"])
+
+
+def test_a_default_start_near_the_first_day_is_that_day(boss, history):
+    page = boss.get(report_url(history.basket), {"end": "2000-01-05"}).content.decode()
+    assert "From 1 Jan 2000 to 5 Jan 2000" in page
+
+
+def test_funnel_converted_is_a_share_of_sent_only_with_a_caption(boss, history):
+    # Win-back: two push messages, none clicked, one order.
+    url = report_url(history.winback)
+    page = boss.get(url, PERIOD).content.decode()
+    funnel = table_html(page, "funnel")
+    assert "it is a share of sent only" in funnel and "can exceed the clicks" in funnel
+    rows = read_csv(boss.get(url, {**PERIOD, "format": "csv", "table": "funnel"}))
+    assert rows[0] == ["label", "count", "of_previous", "of_sent"]
+    assert rows[-2][:3] == ["Clicked", "0", ""]
+    assert rows[-1] == ["Converted (orders)", "1", "", "0.5000"]
+    shown = cells(funnel)
+    converted = shown.index("Converted (orders)")
+    assert shown[converted : converted + 4] == ["Converted (orders)", "1", "-", "50.0%"]
+    for row in rows[1:]:
+        assert row[2] == "" or Decimal(row[2]) <= 1
+
+
+def test_mixed_currencies_are_warned_about_and_have_no_roi(boss, history):
+    from omnichannel.analytics.models import Conversion
+
+    query = {"start": "2026-03-01", "end": "2026-03-03"}
+    page = boss.get(report_url(history.basket), query).content.decode()
+    assert "oc-currency-warning" not in page
+    Conversion.objects.filter(step=history.sms_step).update(currency="USD")
+    page = html.unescape(boss.get(report_url(history.basket), query).content.decode())
+    assert (
+        "Revenue mixes currencies: orders in USD are added to those in GBP (the currency of "
+        "costs)" in page
+    )
+    steps = cells(table_html(page, "steps"))
+    assert steps[12] == "Step 1: email" and steps[23] != "-"
+    assert steps[24] == "Step 2: sms" and steps[35] == "-"
+    assert page_total(page, "steps")[11] == "-"
+    rows = read_csv(
+        boss.get(report_url(history.basket), {**query, "format": "csv", "table": "steps"})
+    )
+    assert [row[-1] for row in rows[1:]][1:] == ["", ""]
+    overview = html.unescape(boss.get(OVERVIEW, query).content.decode())
+    assert "orders in USD are added to those in GBP" in overview
+
+
+def variant_comparisons(names: list[str], winners: dict[str, str]):
+    """A real uplift report of one step's variants (the first is the control)."""
+    from omnichannel.analytics.uplift import ArmResult, Comparison, UpliftReport
+
+    arms = [ArmResult(f"Step 1: {name}", "variant", 1, n) for n, name in enumerate(names)]
+    comparisons = []
+    for arm in arms[1:]:
+        comparison = Comparison(arm=arm, baseline=arms[0], diff=0.0, note="")
+        outcome = winners.get(arm.label[8:], "")
+        comparison.significant = bool(outcome)
+        comparison.diff = {"better": 0.05, "worse": -0.05}.get(outcome, 0.01)
+        if hasattr(comparison, "winner"):
+            comparison.winner = {"better": arm, "worse": arms[0]}.get(outcome)
+        comparisons.append(comparison)
+    return UpliftReport(
+        campaign=None, start=None, end=None, confidence=0.95, arms=arms, comparisons=comparisons
+    )
+
+
+def test_verdicts_say_which_arm_did_better():
+    from omnichannel.admin.reports import several_variants_note, verdict
+
+    report = variant_comparisons(["A", "B", "C", "D"], {"B": "better", "C": "worse"})
+    assert [(v.outcome, v.text) for v in map(verdict, report.comparisons)] == [
+        ("better", "Step 1: B beats Step 1: A (significant)"),
+        ("worse", "Step 1: C does worse than Step 1: A (significant)"),
+        ("none", "Step 1: D against Step 1: A: no significant difference"),
+    ]
+    note = several_variants_note(report)
+    assert "Several variants are compared with the same control (up to 3)" in note
+    assert "about 14%, not 5%" in note
+    assert several_variants_note(variant_comparisons(["A", "B"], {})) == ""
+
+
+def test_verdict_from_the_sign_when_there_is_no_winner_attribute():
+    from dataclasses import dataclass
+
+    from omnichannel.admin.reports import verdict
+
+    @dataclass
+    class OlderComparison:  # an uplift module without Comparison.winner
+        arm: str
+        baseline: str
+        diff: float | None
+        significant: bool
+        note: str = ""
+
+    assert verdict(OlderComparison("B", "A", -0.04, True)).text == (
+        "B does worse than A (significant)"
+    )
+    assert verdict(OlderComparison("B", "A", 0.04, True)).text == "B beats A (significant)"
+    assert verdict(OlderComparison("B", "A", 0.04, False)).outcome == "none"
+    assert verdict(OlderComparison("B", "A", None, False)).outcome == "none"
+
+
+def test_csv_text_cells_are_quoted_numbers_never():
+    from omnichannel.admin.reports import Column, Table, csv_safe
+
+    assert [csv_safe(t) for t in ("=1+1", "+x", "-x", "@x", "\tx", "\rx", "a-b", "")] == [
+        "'=1+1",
+        "'+x",
+        "'-x",
+        "'@x",
+        "'\tx",
+        "'\rx",
+        "a-b",
+        "",
+    ]
+    table = Table(
+        "t",
+        "T",
+        [
+            Column("label", "Label", lambda row: row[0], numeric=False),
+            Column("low", "Low", lambda row: row[1]),
+        ],
+        [("-5", "-0.25"), ("ok", "-1")],
+    )
+    assert list(table.csv_rows()) == [["label", "low"], ["'-5", "-0.25"], ["ok", "-1"]]

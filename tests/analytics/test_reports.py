@@ -11,7 +11,10 @@ from decimal import Decimal
 
 import pytest
 
+from omnichannel.analytics.models import Conversion
 from omnichannel.analytics.reports import (
+    EARLIEST_DAY,
+    LATEST_DAY,
     Period,
     Row,
     campaign_report,
@@ -22,7 +25,15 @@ from omnichannel.analytics.reports import (
 )
 from omnichannel.profiles.models import CustomerProfile
 from omnichannel.segments.models import RfmGroup, RfmScore
-from tests.analytics.report_data import DAY1, DAY2, PERIOD, build_history, make_message
+from tests.analytics.report_data import (
+    DAY1,
+    DAY2,
+    DAY3,
+    PERIOD,
+    build_history,
+    make_conversion,
+    make_message,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -100,6 +111,23 @@ def test_funnel_follows_the_totals(history):
     assert funnel[0].of_previous is None
     assert funnel[2].of_previous == pytest.approx(5 / 8)
     assert funnel[3].of_sent == pytest.approx(4 / 9)
+    # Orders are no subset of the clicks: a share of sent only.
+    assert (funnel[4].label, funnel[4].of_previous) == ("Converted (orders)", None)
+    assert funnel[4].of_sent == pytest.approx(4 / 9)
+
+
+def test_funnel_never_shows_more_than_the_stage_before(history):
+    # Win-back: two push messages, no click (push reports none), one order.
+    funnel = campaign_report(history.winback, PERIOD).funnel
+    assert [(stage.key, stage.count) for stage in funnel] == [
+        ("sent", 2),
+        ("delivered", 1),
+        ("opened", 0),
+        ("clicked", 0),
+        ("converted", 1),
+    ]
+    assert all(stage.of_previous is None or stage.of_previous <= 1 for stage in funnel)
+    assert funnel[-1].of_previous is None and funnel[-1].of_sent == pytest.approx(1 / 2)
 
 
 def test_daily_series_covers_every_day_and_sums_to_the_totals(history):
@@ -151,6 +179,37 @@ def test_period_validation():
     assert Period.last_days(30, today=date(2026, 3, 31)) == Period(
         date(2026, 3, 2), date(2026, 3, 31)
     )
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (date(9999, 12, 25), date(9999, 12, 31)),  # the end's next midnight overflows
+        (date(1, 1, 1), date(1, 1, 5)),
+        (date(2999, 12, 1), date(3000, 1, 1)),
+        (date(1999, 12, 31), date(2000, 1, 2)),
+    ],
+)
+def test_period_refuses_days_outside_the_years_a_report_covers(start, end):
+    with pytest.raises(ValueError, match="covers days from 2000-01-01 to 2999-12-31"):
+        Period(start, end)
+
+
+def test_period_at_the_edges_of_the_years_it_covers(db):
+    last = Period(date(2999, 12, 1), LATEST_DAY)
+    assert last.end_at.year == 3000
+    assert campaign_report_totals_sent(last) == 0
+    # A default start 30 days before a day near the first is not before the first.
+    assert Period.last_days(30, today=date(2000, 1, 5)) == Period(EARLIEST_DAY, date(2000, 1, 5))
+    with pytest.raises(ValueError, match="covers days"):
+        Period.last_days(30, today=date(9999, 12, 31))
+
+
+def campaign_report_totals_sent(period: Period) -> int:
+    from omnichannel.campaigns.models import Campaign
+
+    campaign = Campaign.objects.create(name="Edge", trigger="welcome")
+    return campaign_report(campaign, period, uplift=False).totals.sent
 
 
 def test_overview_rows_channels_mix_and_orders(history):
@@ -247,3 +306,37 @@ def test_total_of_an_empty_table_is_zero():
     total = total_of([])
     assert figures(total) == (0, 0, 0, 0, 0, 0, 0)
     assert total.label == "Total"
+
+
+def test_revenue_in_another_currency_than_costs_has_no_roi(history, settings):
+    # Costs are in GBP (the sandbox's COST_CURRENCY), like the history's orders.
+    assert settings.OMNICHANNEL["COST_CURRENCY"] == "GBP"
+    report = campaign_report(history.basket, PERIOD, uplift=False)
+    assert report.other_currencies == [] and report.totals.roi is not None
+    # One SMS order placed in US dollars.
+    Conversion.objects.filter(step=history.sms_step, ordered_at=DAY3).update(currency="USD")
+    report = campaign_report(history.basket, PERIOD, uplift=False)
+    assert report.other_currencies == ["USD"]
+    sms, email = report.steps[1], report.steps[0]
+    assert sms.revenue_by_currency == {"USD": Decimal("20.00")}
+    assert (sms.revenue, sms.roi) == (Decimal("20.00"), None)
+    assert email.other_currencies == [] and email.roi is not None
+    # The totals still add every order up, and say which currencies they mix.
+    assert report.totals.revenue == Decimal("145.50")
+    assert report.totals.revenue_by_currency == {"GBP": Decimal("125.50"), "USD": Decimal("20")}
+    assert report.totals.roi is None and report.mix.later.roi is None
+    assert report.mix.first.roi is not None
+    overview = overview_report(PERIOD)
+    assert overview.other_currencies == ["USD"]
+    by_name = {row.label: row for row in overview.campaigns}
+    assert by_name["Basket rescue"].roi is None and by_name["Win-back"].other_currencies == []
+
+
+def test_currencies_keep_one_query_per_table(history, django_assert_num_queries):
+    make_conversion(history.profile, at=DAY1, revenue="5.00")
+    Conversion.objects.filter(revenue=Decimal("5.00")).update(currency="EUR")
+    with django_assert_num_queries(4):
+        report = campaign_report(history.basket, PERIOD, uplift=False)
+    assert report.other_currencies == []  # the EUR order is not the campaign's
+    with django_assert_num_queries(4):
+        assert overview_report(PERIOD).other_currencies == ["EUR"]
