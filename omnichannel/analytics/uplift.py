@@ -5,23 +5,37 @@ The unit is the person. Each arm is a set of people:
 * ``holdout``: people with a held-out enrollment (they got no message);
 * ``treated``: people with any other enrollment (intent to treat: whether or not a message
   reached them, so the comparison with the holdout is fair);
-* ``variant``: for each step with variants, the people whose message of that step had the
-  variant.
+* ``variant``: for each step with variants, the treated people who reached that step's decision
+  (a message of the step, or a history row naming the step: sent, skipped, deferred, exited),
+  each in the variant the hash of ``campaigns.groups.pick_variant`` assigns them, whether or not
+  that variant's message could be sent (a variant on a channel that cannot reach someone keeps
+  them in its arm, as intent to treat).
 
-A person converted when an ``order_placed`` event of theirs occurred within
-[enrolled_at, enrolled_at + ``Campaign.measure_window``] of one of their enrollments in the arm;
-their revenue is the sum of those orders' ``amount`` (an order inside two windows counts once).
-Everything per person and per arm is summed in SQL (one query for holdout and treated, one for
-the variants): people, converted, revenue and the sum of squared revenue per person, which is
-all the statistics need.
+A person converted when an ``order_placed`` event of theirs occurred within their window of one
+of their enrollments in the arm: [enrolled_at, enrolled_at + ``Campaign.measure_window``] for
+the holdout, the treated and the first step's variants; for a later step's variants the window
+starts when the person reached the step (the message's ``created_at``, else the earliest
+history row of the step). Their revenue is the sum of those orders' ``amount`` (an order inside
+two windows counts once). Everything per person and per arm is summed in SQL (one query for
+holdout and treated, one for all the variants): people, converted, revenue and the sum of
+squared revenue per person, which is all the statistics need.
 
-The statistics (normal approximations, standard library only; ``z`` is the two-sided quantile
-of ``UPLIFT_CONFIDENCE``):
+When the period has held-out enrollments, holdout and treated are compared only from the first
+of them on: a share switched on mid-period would otherwise compare a treated arm partly from
+before the holdout existed with a holdout that has no such people.
 
-* conversion: ``diff = p1 - p0``; interval ``diff +- z * sqrt(p1(1-p1)/n1 + p0(1-p0)/n0)``;
-  p-value of the two-proportion z-test with the pooled rate; ``relative = diff / p0``;
-* revenue per person: ``diff = m1 - m0``; Welch's standard error
-  ``sqrt(s1^2/n1 + s0^2/n0)`` with sample variances ``s^2 = (Q - S^2/n) / (n - 1)``.
+The statistics (standard library only; ``z`` is the two-sided normal quantile of
+``UPLIFT_CONFIDENCE``):
+
+* conversion: ``diff = p1 - p0``; Newcombe's hybrid score interval (method 10 of Newcombe
+  1998), built from the Wilson score interval of each arm, so it stays within [-1, 1] and is
+  not degenerate at 0 % or 100 %; p-value of the two-proportion z-test with the pooled rate,
+  called significant only when each arm has at least ``MIN_OUTCOMES`` converted and not
+  converted people (below that the normal approximation is not trusted); ``relative = diff /
+  p0``;
+* revenue per person: ``diff = m1 - m0``; Welch's standard error ``sqrt(s1^2/n1 + s0^2/n0)``
+  with sample variances ``s^2 = (Q - S^2/n) / (n - 1)`` and the normal quantile (approximate
+  under ``SMALL_ARM`` people).
 
 Arms too small to compare give a ``Comparison`` whose ``note`` says so, never an error.
 """
@@ -29,6 +43,7 @@ Arms too small to compare give a ``Comparison`` whose ``note`` says so, never an
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from datetime import timezone as dt_timezone
@@ -40,22 +55,34 @@ from django.db import connection
 from django.db.models import (
     Case,
     DateTimeField,
+    Exists,
     ExpressionWrapper,
     F,
     IntegerField,
+    Min,
+    OuterRef,
+    Q,
     QuerySet,
+    Subquery,
     Value,
     When,
 )
+from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThan
 from django.utils.translation import gettext as _
 
-from ..campaigns.models import Campaign, Enrollment, Variant
+from ..campaigns.groups import BUCKETS, VARIANT_SALT, bucket_expression
+from ..campaigns.models import Campaign, Enrollment, EnrollmentLog, Step, Variant
 from ..channels.models import Message
 from ..conf import app_settings
 from ..profiles.models import Event, EventType
 
 CENT = Decimal("0.01")
 ArmKind = Literal["holdout", "treated", "variant"]
+#: A conversion test needs at least this many converted and not converted people per arm.
+MIN_OUTCOMES = 5
+#: Under this many people in an arm, the revenue interval (normal quantile) is approximate.
+SMALL_ARM = 30
 
 
 @dataclass
@@ -92,7 +119,8 @@ class Comparison:
 
     ``diff``, ``ci_low``, ``ci_high`` and ``relative`` are fractions (0.012 = 1.2 points or
     1.2 %); the revenue figures are per person, in the shop's money. A value that cannot be
-    computed is None, and ``note`` says why.
+    computed is None, and ``note`` says why. ``winner`` is the arm whose conversion rate is
+    significantly higher (``arm`` or ``baseline``), None when the test is not significant.
     """
 
     arm: ArmResult
@@ -103,6 +131,7 @@ class Comparison:
     relative: float | None = None
     p_value: float | None = None
     significant: bool = False
+    winner: ArmResult | None = None
     revenue_diff: Decimal | None = None
     revenue_ci_low: Decimal | None = None
     revenue_ci_high: Decimal | None = None
@@ -111,7 +140,11 @@ class Comparison:
 
 @dataclass
 class UpliftReport:
-    """The arms of a campaign and the comparisons between them."""
+    """The arms of a campaign and the comparisons between them.
+
+    ``counted_from``: when the holdout started within the period, the time from which holdout
+    and treated are counted (None when nothing earlier was left out).
+    """
 
     campaign: Campaign
     start: datetime | None
@@ -119,6 +152,7 @@ class UpliftReport:
     confidence: float
     arms: list[ArmResult]
     comparisons: list[Comparison]
+    counted_from: datetime | None = None
 
     @property
     def holdout(self) -> ArmResult:
@@ -156,14 +190,20 @@ def campaign_uplift(
     holdout = ArmResult(_("Holdout (no message)"), "holdout", None, None)
     treated = ArmResult(_("Treated (everyone not held out)"), "treated", None, None)
     window = campaign.measure_window
+    counted_from = _holdout_start(enrollments)
+    compared = enrollments
+    if counted_from is not None:
+        compared = enrollments.filter(enrolled_at__gte=counted_from)
     by_group = _arm_totals(
-        enrollments.annotate(
-            arm_a=Case(When(holdout=True, then=Value(1)), default=Value(0)),
-            arm_b=Value(0, output_field=IntegerField()),
-            person=F("profile_id"),
-            start_at=F("enrolled_at"),
-            window_end=_window_end("enrolled_at", window),
-        )
+        [
+            compared.annotate(
+                arm_a=Case(When(holdout=True, then=Value(1)), default=Value(0)),
+                arm_b=Value(0, output_field=IntegerField()),
+                person=F("profile_id"),
+                start_at=F("enrolled_at"),
+                window_end=_window_end(F("enrolled_at"), window),
+            )
+        ]
     )
     _fill(holdout, by_group.get((1, 0)))
     _fill(treated, by_group.get((0, 0)))
@@ -177,6 +217,11 @@ def campaign_uplift(
         comparisons[0].note = _(
             "Not enough data: nobody held out yet (%(share)s %% of the people enrolled are)."
         ) % {"share": campaign.holdout_percent}
+    elif counted_from is not None:
+        since = _("Counted from %(time)s UTC, when the holdout started.") % {
+            "time": f"{counted_from:%Y-%m-%d %H:%M}"
+        }
+        comparisons[0].note = f"{since} {comparisons[0].note}".strip()
 
     variants = list(
         Variant.objects.filter(step__campaign=campaign)
@@ -184,17 +229,24 @@ def campaign_uplift(
         .order_by("step__position", "step_id", "pk")
     )
     if variants:
-        messages = Message.objects.filter(
-            enrollment__in=enrollments, variant__isnull=False, step__isnull=False
+        by_step: dict[int, list[Variant]] = {}
+        for variant in variants:
+            by_step.setdefault(variant.step_id, []).append(variant)
+        first_position = min(
+            Step.objects.filter(campaign=campaign).values_list("position", flat=True)
         )
+        treated_enrollments = enrollments.filter(holdout=False)
         by_variant = _arm_totals(
-            messages.annotate(
-                arm_a=F("step_id"),
-                arm_b=F("variant_id"),
-                person=F("enrollment__profile_id"),
-                start_at=F("enrollment__enrolled_at"),
-                window_end=_window_end("enrollment__enrolled_at", window),
-            )
+            [
+                _variant_rows(
+                    treated_enrollments,
+                    step_variants[0].step,
+                    step_variants,
+                    window,
+                    first=step_variants[0].step.position <= first_position,
+                )
+                for step_variants in by_step.values()
+            ]
         )
         control: ArmResult | None = None
         for variant in variants:
@@ -218,6 +270,7 @@ def campaign_uplift(
         confidence=confidence,
         arms=arms,
         comparisons=comparisons,
+        counted_from=counted_from,
     )
 
 
@@ -231,22 +284,90 @@ def _bound(value: datetime | date | None, *, end_of_day: bool) -> datetime | Non
     return datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
 
 
-def _window_end(column: str, window: timedelta) -> ExpressionWrapper:
-    return ExpressionWrapper(F(column) + Value(window), output_field=DateTimeField())
+def _window_end(start: Any, window: timedelta) -> ExpressionWrapper:
+    return ExpressionWrapper(start + Value(window), output_field=DateTimeField())
+
+
+def _holdout_start(enrollments: QuerySet[Enrollment]) -> datetime | None:
+    """The first held-out enrollment of the period, when treated enrollments came before it."""
+    bounds = enrollments.order_by().aggregate(
+        first_held=Min("enrolled_at", filter=Q(holdout=True)),
+        first_treated=Min("enrolled_at", filter=Q(holdout=False)),
+    )
+    first_held, first_treated = bounds["first_held"], bounds["first_treated"]
+    if first_held is None or first_treated is None or first_treated >= first_held:
+        return None
+    return first_held
+
+
+def _variant_case(campaign_id: int, variants: Sequence[Variant]) -> Case:
+    """The id of the enrollment's variant among ``variants`` (``groups.pick_variant`` in SQL).
+
+    ``pick_variant`` takes, in pk order, the first variant whose cumulative weight exceeds
+    ``bucket * total // BUCKETS``; for integers that is ``bucket * total < cumulative * BUCKETS``
+    (as ``campaigns.fanout`` does for the first step's messages).
+    """
+    ordered = sorted(variants, key=lambda variant: variant.pk)
+    total = sum(max(variant.weight, 1) for variant in ordered)
+    scaled = ExpressionWrapper(
+        bucket_expression(campaign_id, VARIANT_SALT, profile_field="profile_id") * Value(total),
+        output_field=IntegerField(),
+    )
+    whens, cumulative = [], 0
+    for variant in ordered[:-1]:
+        cumulative += max(variant.weight, 1)
+        whens.append(When(LessThan(scaled, cumulative * BUCKETS), then=Value(variant.pk)))
+    return Case(*whens, default=Value(ordered[-1].pk), output_field=IntegerField())
+
+
+def _variant_rows(
+    enrollments: QuerySet[Enrollment],
+    step: Step,
+    variants: Sequence[Variant],
+    window: timedelta,
+    *,
+    first: bool,
+) -> QuerySet[Enrollment]:
+    """The treated enrollments that reached ``step``'s decision, with their assigned variant."""
+    message = Message.objects.filter(enrollment=OuterRef("pk"), step_id=step.pk).order_by()
+    logged = EnrollmentLog.objects.filter(enrollment=OuterRef("pk"), step_id=step.pk)
+    if first:
+        start: Any = F("enrolled_at")
+    else:
+        start = Coalesce(
+            Subquery(message.values("created_at")[:1]),
+            Subquery(logged.order_by("at").values("at")[:1]),
+            output_field=DateTimeField(),
+        )
+    return enrollments.filter(Q(Exists(message)) | Q(Exists(logged))).annotate(
+        arm_a=Value(step.pk, output_field=IntegerField()),
+        arm_b=_variant_case(step.campaign_id, variants),
+        person=F("profile_id"),
+        start_at=start,
+        window_end=_window_end(start, window),
+    )
 
 
 #: The columns ``_arm_totals`` reads: two arm keys, the person, their window's start and end.
 ARM_COLUMNS = ("arm_a", "arm_b", "person", "start_at", "window_end")
 
 
-def _arm_totals(rows: QuerySet[Any]) -> dict[tuple[int, int], tuple[int, int, Any, Any]]:
+def _arm_totals(
+    sources: Sequence[QuerySet[Any]],
+) -> dict[tuple[int, int], tuple[int, int, Any, Any]]:
     """(arm_a, arm_b) -> (people, converted, revenue, revenue squared summed over people).
 
-    ``rows`` is annotated with ``ARM_COLUMNS``. People are counted once per arm; an order once
-    per person and arm, however many of their windows it falls in.
+    Each of ``sources`` is annotated with ``ARM_COLUMNS``; their rows are taken together
+    (UNION ALL). People are counted once per arm; an order once per person and arm, however
+    many of their windows it falls in.
     """
-    rows = rows.order_by().values(*ARM_COLUMNS)
-    source, params = rows.query.get_compiler(using=rows.db).as_sql()
+    selects, params = [], []
+    for rows in sources:
+        rows = rows.order_by().values(*ARM_COLUMNS)
+        sql, source_params = rows.query.get_compiler(using=rows.db).as_sql()
+        selects.append(sql)
+        params.extend(source_params)
+    source = " UNION ALL ".join(selects)
     a, b, person, start, end = (connection.ops.quote_name(c) for c in ARM_COLUMNS)
     event = connection.ops.quote_name(Event._meta.db_table)
 
@@ -315,6 +436,29 @@ def two_sided_z(confidence: float) -> float:
     return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
 
 
+def wilson_interval(converted: int, people: int, z: float) -> tuple[float, float]:
+    """Wilson's score interval of the proportion ``converted / people`` (people > 0)."""
+    p = converted / people
+    z2 = z * z
+    centre = (p + z2 / (2 * people)) / (1 + z2 / people)
+    half = z / (1 + z2 / people) * math.sqrt(p * (1 - p) / people + z2 / (4 * people * people))
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def newcombe_interval(
+    converted1: int, people1: int, converted0: int, people0: int, z: float
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval of ``p1 - p0`` (method 10 of Newcombe 1998)."""
+    p1, p0 = converted1 / people1, converted0 / people0
+    low1, high1 = wilson_interval(converted1, people1, z)
+    low0, high0 = wilson_interval(converted0, people0, z)
+    diff = p1 - p0
+    return (
+        diff - math.sqrt((p1 - low1) ** 2 + (high0 - p0) ** 2),
+        diff + math.sqrt((high1 - p1) ** 2 + (p0 - low0) ** 2),
+    )
+
+
 def _compare(arm: ArmResult, baseline: ArmResult, confidence: float) -> Comparison:
     comparison = Comparison(arm=arm, baseline=baseline)
     notes = []
@@ -326,17 +470,33 @@ def _compare(arm: ArmResult, baseline: ArmResult, confidence: float) -> Comparis
     z = two_sided_z(confidence)
     p1, p0 = arm.converted / n1, baseline.converted / n0
     comparison.diff = p1 - p0
-    spread = z * math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
-    comparison.ci_low, comparison.ci_high = comparison.diff - spread, comparison.diff + spread
+    comparison.ci_low, comparison.ci_high = newcombe_interval(
+        arm.converted, n1, baseline.converted, n0, z
+    )
     comparison.relative = comparison.diff / p0 if p0 else None
     pooled = (arm.converted + baseline.converted) / (n1 + n0)
     null_error = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
     if null_error > 0:
         statistic = comparison.diff / null_error
         comparison.p_value = 2 * (1 - NormalDist().cdf(abs(statistic)))
-        comparison.significant = comparison.p_value < 1 - confidence
+        enough = all(
+            min(group.converted, group.people - group.converted) >= MIN_OUTCOMES
+            for group in (arm, baseline)
+        )
+        if enough:
+            comparison.significant = comparison.p_value < 1 - confidence
+        else:
+            notes.append(
+                _(
+                    "Too few conversions for a test: at least %(n)s converted and %(n)s not "
+                    "converted per group."
+                )
+                % {"n": MIN_OUTCOMES}
+            )
     else:
         notes.append(_("Not enough data: nobody converted in either arm, or everybody did."))
+    if comparison.significant:
+        comparison.winner = arm if comparison.diff > 0 else baseline
 
     comparison.revenue_diff = arm.revenue_per_person - baseline.revenue_per_person  # type: ignore[operator]
     v1, v0 = arm.revenue_variance, baseline.revenue_variance
@@ -348,6 +508,11 @@ def _compare(arm: ArmResult, baseline: ArmResult, confidence: float) -> Comparis
             exact = float(arm.revenue) / n1 - float(baseline.revenue) / n0
             comparison.revenue_ci_low = _money(exact - z * error)
             comparison.revenue_ci_high = _money(exact + z * error)
+            if min(n1, n0) < SMALL_ARM:
+                notes.append(
+                    _("The revenue interval is approximate with fewer than %(n)s people per arm.")
+                    % {"n": SMALL_ARM}
+                )
         else:
             notes.append(_("No spread in revenue per person: no revenue interval."))
     comparison.note = " ".join(notes)
