@@ -28,21 +28,22 @@ See docs/analytics.md, section "Attribution".
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Exists, F, Max, OuterRef
+from django.db import IntegrityError, OperationalError, connection, models, transaction
+from django.db.models import Exists, F, Min, OuterRef
 from django.utils import timezone
 
 from ..channels.models import Message, MessageStatus, MessageStatusChange
 from ..conf import app_settings
 from ..exceptions import ConfigurationError
 from ..profiles.models import Event, EventType, ProfileMerge
-from .models import AttributionModel, Conversion, Influence
+from .models import AttributionModel, AttributionState, Conversion, Influence
 
 logger = logging.getLogger("omnichannel.analytics")
 
@@ -60,6 +61,12 @@ REPORT_COMMIT_MARGIN = timedelta(seconds=60)
 #: A batch that loses a race with a profile merge (the profile it read was deleted under it)
 #: is retried this many times at once; otherwise the next run picks it up.
 BATCH_RETRIES = 2
+
+#: PostgreSQL's SQLSTATE of a REPEATABLE READ transaction that lost to a concurrent one.
+SERIALIZATION_FAILURE = "40001"
+
+#: The one AttributionState row.
+STATE_PK = 1
 
 
 @dataclass(frozen=True)
@@ -490,11 +497,25 @@ def _new_orders_where(
     return where
 
 
+@contextmanager
+def _one_snapshot() -> Iterator[None]:
+    """A transaction whose statements all read the same data: on PostgreSQL REPEATABLE READ
+    (a new batch's two INSERTs read the messages twice; under READ COMMITTED a report
+    committed between them could make the influences disagree with the conversions). Inside
+    an outer transaction (a rebuild's batch, a test) it is that transaction's level."""
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield
+
+
 def _attribute_new_batch(
     first_id: int, last_id: int, *, rules: AttributionRules, now: datetime, since: datetime | None
 ) -> int:
     """Conversions and influences for the pending orders with ids in [first_id, last_id]."""
-    with transaction.atomic():
+    with _one_snapshot():
         created = _insert_conversions(
             _new_orders_where(first_id, last_id, now=now, since=since), rules, now=now
         )
@@ -512,39 +533,102 @@ def _attribute_new_batch(
 # --- re-checks ------------------------------------------------------------------------------
 
 
-def _recheck_candidates(
-    *, rules: AttributionRules, now: datetime, since: datetime | None
+def _scan_start(*, now: datetime) -> datetime | None:
+    """Reports recorded from here on may be late for some conversion: the bookmark minus the
+    commit margin, or before the first bookmark the oldest conversion's computation (a report
+    recorded before any conversion was computed was seen by it). None: nothing to re-check."""
+    state = AttributionState.objects.order_by("pk").first()
+    checked_until = state.reports_checked_until if state is not None else None
+    if checked_until is None:
+        checked_until = Conversion.objects.aggregate(first=Min("attributed_at"))["first"]
+        if checked_until is None:
+            return None
+    return min(checked_until, now) - REPORT_COMMIT_MARGIN
+
+
+def _late_report_candidates(
+    *, rules: AttributionRules, scan_from: datetime, since: datetime | None, after: int, limit: int
 ) -> list[int]:
-    """Order event ids of the conversions a late report or a merge may have changed."""
-    last_run = Conversion.objects.aggregate(last=Max("attributed_at"))["last"]
-    if last_run is None:
-        return []
-    # Anything that can matter was recorded after the oldest attributed_at it is compared
-    # with, which is at most the latest one: scan only what came since (minus the margin).
-    scan_from = min(last_run, now) - REPORT_COMMIT_MARGIN
-    found: set[int] = set()
-    statuses = sorted({touch.status for touch in rules.touches})
-    if statuses:
-        conversion = "message__profile__conversions__"
-        late = MessageStatusChange.objects.filter(
+    """The next ``limit`` order event ids (above ``after``) whose conversion was computed
+    before a report about one of the person's messages was recorded, where the report
+    happened within the windows before the order: a late click, open or delivery."""
+    conversion = "message__profile__conversions__"
+
+    def scan(reports: models.QuerySet[MessageStatusChange]) -> list[int]:
+        late = reports.filter(
             recorded_at__gte=scan_from,
-            status__in=statuses,
             # One filter() call: these all name the same conversion (one join).
             **{
                 f"{conversion}ordered_at__gt": F("occurred_at"),
                 f"{conversion}ordered_at__lte": F("occurred_at") + rules.longest_window,
                 f"{conversion}attributed_at__lte": F("recorded_at") + REPORT_COMMIT_MARGIN,
+                f"{conversion}order_event_id__gt": after,
                 **({f"{conversion}ordered_at__gte": since} if since is not None else {}),
             },
         )
-        found.update(late.values_list(f"{conversion}order_event_id", flat=True).distinct())
+        return list(
+            late.values_list(f"{conversion}order_event_id", flat=True)
+            .order_by(f"{conversion}order_event_id")
+            .distinct()[:limit]
+        )
+
+    found: set[int] = set()
+    statuses = sorted({touch.status for touch in rules.touches})
+    if statuses:
+        # Through the partial index of engagement reports by recorded_at.
+        found.update(scan(MessageStatusChange.objects.filter(status__in=statuses)))
+    sent_touch = rules.sent_touch
+    if sent_touch is not None:
+        # Sent reports of channels that report no deliveries: our own, recorded as the
+        # provider accepts a message; late only by a send run's length.
+        found.update(
+            scan(
+                MessageStatusChange.objects.filter(
+                    status=MessageStatus.SENT, message__channel__in=sent_touch.sent_channels
+                )
+            )
+        )
+    return sorted(found)[:limit]
+
+
+def _merge_candidates(
+    *, scan_from: datetime, since: datetime | None, after: int, limit: int
+) -> list[int]:
+    """The next ``limit`` order event ids (above ``after``) whose profile absorbed another
+    one after the conversion was computed (the merge brought that person's messages)."""
+    conversion = "survivor__conversions__"
     merged = ProfileMerge.objects.filter(
         created_at__gte=scan_from,
-        survivor__conversions__attributed_at__lte=F("created_at") + REPORT_COMMIT_MARGIN,
-        **({"survivor__conversions__ordered_at__gte": since} if since is not None else {}),
+        **{
+            f"{conversion}attributed_at__lte": F("created_at") + REPORT_COMMIT_MARGIN,
+            f"{conversion}order_event_id__gt": after,
+            **({f"{conversion}ordered_at__gte": since} if since is not None else {}),
+        },
     )
-    found.update(merged.values_list("survivor__conversions__order_event_id", flat=True).distinct())
-    return sorted(found)
+    return list(
+        merged.values_list(f"{conversion}order_event_id", flat=True)
+        .order_by(f"{conversion}order_event_id")
+        .distinct()[:limit]
+    )
+
+
+def _recheck_candidates(
+    *, rules: AttributionRules, scan_from: datetime, since: datetime | None, limit: int
+) -> Iterator[list[int]]:
+    """Order event ids of the conversions a late report or a merge may have changed, in
+    batches of at most ``limit``, by keyset on the order event id (never all in memory)."""
+    after = 0
+    while True:
+        both = _late_report_candidates(
+            rules=rules, scan_from=scan_from, since=since, after=after, limit=limit
+        ) + _merge_candidates(scan_from=scan_from, since=since, after=after, limit=limit)
+        # Each list holds the next ``limit`` of its kind: the first ``limit`` of their union
+        # are the next ``limit`` overall.
+        batch = sorted(set(both))[:limit]
+        if not batch:
+            return
+        yield batch
+        after = batch[-1]
 
 
 def _recheck_batch(event_ids: list[int], *, rules: AttributionRules, now: datetime) -> int:
@@ -595,9 +679,64 @@ def _with_retries(work: Callable[[], int], result: AttributionResult, what: str)
             return work()
         except IntegrityError:
             logger.info("attribution: %s hit a concurrent change (try %s)", what, attempt + 1)
+        except OperationalError as exc:
+            # REPEATABLE READ: another run committed the same orders' conversions after this
+            # batch's snapshot (PostgreSQL's serialization failure); the retry sees them.
+            if getattr(exc.__cause__, "sqlstate", None) != SERIALIZATION_FAILURE:
+                raise
+            logger.info("attribution: %s met a concurrent run (try %s)", what, attempt + 1)
     result.failed_batches += 1
     logger.warning("attribution: %s left for the next run", what)
     return None
+
+
+def _mark_reports_checked(until: datetime) -> None:
+    """Move the re-check bookmark (after a complete, unrestricted, successful pass)."""
+    if not AttributionState.objects.filter(pk=STATE_PK).update(reports_checked_until=until):
+        try:
+            with transaction.atomic():
+                AttributionState.objects.create(pk=STATE_PK, reports_checked_until=until)
+        except IntegrityError:  # a concurrent run created it first
+            AttributionState.objects.filter(pk=STATE_PK).update(reports_checked_until=until)
+
+
+def _recheck(
+    result: AttributionResult,
+    *,
+    rules: AttributionRules,
+    now: datetime,
+    since: datetime | None,
+    batch_size: int,
+    max_batches: int | None,
+) -> None:
+    """The re-check pass; the bookmark moves to ``now`` only when it saw every candidate."""
+    scan_from = _scan_start(now=now)
+    if scan_from is None:
+        if since is None:
+            # No conversion yet: every report to come is late for the ones the new-order
+            # pass is about to compute only if recorded after now (minus the margin).
+            _mark_reports_checked(now)
+        return
+    complete = True
+    for chunk in _recheck_candidates(
+        rules=rules, scan_from=scan_from, since=since, limit=batch_size
+    ):
+        if max_batches is not None and result.batches >= max_batches:
+            complete = False
+            break
+        changed = _with_retries(
+            partial(_recheck_batch, chunk, rules=rules, now=now),
+            result,
+            f"re-check of {len(chunk)} orders",
+        )
+        result.batches += 1
+        if changed is None:
+            complete = False
+        else:
+            result.rechecked += len(chunk)
+            result.changed += changed
+    if complete and since is None:
+        _mark_reports_checked(now)
 
 
 def attribute_orders(
@@ -609,7 +748,8 @@ def attribute_orders(
 ) -> AttributionResult:
     """Attribute every order not attributed yet and re-check those a late report or a merge
     may have changed; idempotent. ``since`` limits both to orders placed since then;
-    ``max_batches`` bounds the new-order batches of one run (the rest waits for the next)."""
+    ``max_batches`` bounds the batches of one run, re-checks first (the rest waits for the
+    next run)."""
     now = now or timezone.now()
     batch_size = app_settings.ATTRIBUTION_BATCH_SIZE if batch_size is None else batch_size
     if batch_size < 1:
@@ -617,24 +757,12 @@ def attribute_orders(
     rules = AttributionRules.from_settings()
     result = AttributionResult()
 
-    # Re-checks first: they look at reports recorded since the latest attributed_at, which
-    # the new-order pass is about to move.
-    candidates = _recheck_candidates(rules=rules, now=now, since=since)
-    for start in range(0, len(candidates), batch_size):
-        chunk = candidates[start : start + batch_size]
-        changed = _with_retries(
-            partial(_recheck_batch, chunk, rules=rules, now=now),
-            result,
-            f"re-check of {len(chunk)} orders",
-        )
-        result.batches += 1
-        if changed is not None:
-            result.rechecked += len(chunk)
-            result.changed += changed
+    _recheck(
+        result, rules=rules, now=now, since=since, batch_size=batch_size, max_batches=max_batches
+    )
 
     after = 0
-    new_batches = 0
-    while max_batches is None or new_batches < max_batches:
+    while max_batches is None or result.batches < max_batches:
         ids = list(
             _pending_orders(now=now, since=since)
             .filter(pk__gt=after)
@@ -651,7 +779,6 @@ def attribute_orders(
         )
         result.attributed += created or 0
         result.batches += 1
-        new_batches += 1
         after = last_id
     if result.attributed or result.changed:
         logger.info("attribution: %s", result.as_dict())
@@ -686,13 +813,23 @@ def rebuild_attribution(
         if not ids:
             break
         first_id, last_id = ids[0], ids[-1]
-        with transaction.atomic():
-            old = Conversion.objects.filter(order_event_id__in=ids)
-            Influence.objects.filter(conversion__in=old).delete()
-            old.delete()
-            result.attributed += _attribute_new_batch(
-                first_id, last_id, rules=rules, now=now, since=since
-            )
+        created = _with_retries(
+            partial(_rebuild_batch, ids, rules=rules, now=now, since=since),
+            result,
+            f"rebuild of orders {first_id}..{last_id}",
+        )
+        result.attributed += created or 0
         result.batches += 1
         after = last_id
     return result
+
+
+def _rebuild_batch(
+    ids: list[int], *, rules: AttributionRules, now: datetime, since: datetime | None
+) -> int:
+    """Drop the conversions of the order events ``ids`` and attribute them again, at once."""
+    with _one_snapshot():
+        old = Conversion.objects.filter(order_event_id__in=ids)
+        Influence.objects.filter(conversion__in=old).delete()
+        old.delete()
+        return _attribute_new_batch(ids[0], ids[-1], rules=rules, now=now, since=since)

@@ -21,7 +21,7 @@ import pytest
 from django.db import connection
 
 from omnichannel.analytics.models import AttributionModel, Conversion, Influence
-from omnichannel.channels.models import Message, MessageStatus
+from omnichannel.channels.models import Message, MessageStatus, MessageStatusChange
 from omnichannel.profiles.models import CustomerProfile, Event, EventType
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -84,12 +84,16 @@ def test_overlapping_runs_attribute_each_order_once(transactional_db):
             (MessageStatus.CLICKED, "clicked_at", timedelta(days=1)),
             (MessageStatus.OPENED, "opened_at", timedelta(hours=1)),
         ):
-            Message.objects.create(
+            sent = Message.objects.create(
                 profile=profile,
                 channel="email",
                 purpose="marketing",
                 status=status,
                 **{column: ORDER_AT - before},
+            )
+            # Attribution reads the reports.
+            MessageStatusChange.objects.create(
+                message=sent, status=status, occurred_at=ORDER_AT - before
             )
         Event.objects.create(
             type=EventType.ORDER_PLACED,
