@@ -17,7 +17,8 @@ out (they get nothing, so the report can show the uplift) and the conversion win
 variants are edited on the step's own page (the "variants" link on each step row: Django has
 no nested inlines), one row per variant with its weight, channel, subject and content, checked
 by ``campaigns.content.validate_variant``. The preview says whether the person is held out and
-which variant they get, and renders that variant (or the one staff pick).
+which variant they get, and renders that variant (or the one staff pick); a test send to a
+held-out person is refused unless staff tick "Send even though held out".
 
 Enrollments are the engine's records: read-only here, with their history and messages; "End
 now" exits active ones.
@@ -38,8 +39,8 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.http import (
     Http404,
     HttpRequest,
@@ -493,13 +494,33 @@ class VariantInline(admin.TabularInline):
             return 2
         return 1
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Variant]:
+        # Each row's share needs its step's weight total, and its title (``str``) its step:
+        # both in the rows' own query, not once per row.
+        weights = (
+            Variant.objects.filter(step=OuterRef("step"))
+            .order_by()
+            .values("step")
+            .annotate(total=Sum(Greatest("weight", Value(1))))
+            .values("total")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("step")
+            .annotate(step_weight_total=Subquery(weights))
+        )
+
     @admin.display(description=_("share"))
     def share(self, obj: Variant) -> str:
         if obj is None or obj.pk is None:
             return EMPTY
-        variants = list(obj.step.variants.all())
-        total = sum(max(variant.weight, 1) for variant in variants) or 1
-        return f"{round(100 * max(obj.weight, 1) / total)} %"
+        total = getattr(obj, "step_weight_total", None)
+        if total is None:  # a row not read through get_queryset
+            total = sum(
+                max(weight, 1) for weight in obj.step.variants.values_list("weight", flat=True)
+            )
+        return f"{round(100 * max(obj.weight, 1) / (total or 1))} %"
 
 
 @admin.register(Step)
@@ -1010,6 +1031,17 @@ class CampaignAdmin(admin.ModelAdmin):
     ) -> HttpResponse | None:
         """Queue and deliver the step's message now; a redirect, or None to show the errors."""
         profile: CustomerProfile = form.cleaned_data["profile"]
+        if held_out(campaign, profile) and not form.cleaned_data.get("send_held_out"):
+            # The test goes to the person's real address: someone in the holdout must get
+            # nothing from the campaign, or the comparison with the others is spoiled.
+            form.add_error(
+                "send_held_out",
+                gettext(
+                    "Not sent: this person is in the campaign's holdout and must get no "
+                    'message from it. Tick "Send even though held out" to send anyway.'
+                ),
+            )
+            return None
         step, channel = form.cleaned_data["step"], form.cleaned_data["channel"]
         now = timezone.now()
         decision = None
@@ -1167,6 +1199,14 @@ class CampaignPreviewForm(forms.Form):
         empty_value=None,
         help_text=_("Empty: the variant this person gets (steps with variants only)."),
     )
+    send_held_out = forms.BooleanField(
+        label=_("Send even though held out"),
+        required=False,
+        help_text=_(
+            "A test send goes to the person's real address. Someone in the campaign's holdout "
+            "gets none unless this is ticked."
+        ),
+    )
 
     def __init__(
         self,
@@ -1260,6 +1300,15 @@ def step_inline(
     """The step's inline parts for this channel, the variant's over them (as the delivery
     task renders them: ``campaigns.content.inline_parts``)."""
     return inline_parts(backend, step, variant)
+
+
+def held_out(campaign: Campaign, profile: CustomerProfile) -> bool:
+    """Whether the person is in the campaign's holdout: by the hash now (what the preview
+    says), or by the group stored on an enrollment of theirs (a share changed since moves
+    nobody already enrolled)."""
+    if campaign.holdout_percent and is_held_out(profile.pk, campaign):
+        return True
+    return campaign.enrollments.filter(profile=profile, holdout=True).exists()
 
 
 def variant_for(

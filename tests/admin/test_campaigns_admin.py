@@ -985,3 +985,54 @@ def test_empty_rows_save_no_variant(staff):
     assert response.status_code == 302, errors_of(response)
     assert not Variant.objects.exists()
     assert "The variants of step 1 were saved." in flash(response)[0]
+
+
+def test_send_test_to_a_held_out_person_needs_the_explicit_tick(staff):
+    campaign, _variants = ab_campaign(holdout_percent=50)
+    people = people_in(campaign, 10)
+    held = next(p for p in people if is_held_out(p.pk, campaign))
+    response = staff.post(preview_url(campaign), {"profile": held.pk, "_send": "1"})
+    assert response.status_code == 200
+    assert "Not sent: this person is in the campaign's holdout" in errors_of(response)
+    assert 'name="send_held_out"' in response.content.decode()
+    assert not Message.objects.exists()
+    # Ticked on purpose: it goes, like any test send.
+    response = staff.post(
+        preview_url(campaign), {"profile": held.pk, "send_held_out": "on", "_send": "1"}
+    )
+    assert response.status_code == 302, errors_of(response)
+    assert Message.objects.get().address == held.identities.get().value
+    # Someone treated needs no tick.
+    treated = next(p for p in people if not is_held_out(p.pk, campaign))
+    assert (
+        staff.post(preview_url(campaign), {"profile": treated.pk, "_send": "1"}).status_code == 302
+    )
+
+
+def test_send_test_refused_for_a_held_out_enrollment_after_the_share_changed(staff):
+    campaign, _variants = ab_campaign(holdout_percent=50)
+    held = next(p for p in people_in(campaign, 10) if is_held_out(p.pk, campaign))
+    Enrollment.objects.create(campaign=campaign, profile=held, holdout=True, enrolled_at=NOW)
+    campaign.holdout_percent = 0
+    campaign.save()
+    response = staff.post(preview_url(campaign), {"profile": held.pk, "_send": "1"})
+    assert "Not sent: this person is in the campaign's holdout" in errors_of(response)
+    assert not Message.objects.exists()
+
+
+def test_step_page_queries_do_not_grow_with_the_variants(staff):
+    def queries_for(variants: int) -> tuple[int, str]:
+        step = make_campaign(f"Q{variants}").steps.get()
+        for index in range(variants):
+            Variant.objects.create(step=step, name=f"V{index}", weight=index + 1)
+        staff.get(step_url(step))  # warm the content types' cache
+        with CaptureQueriesContext(connection) as queries:
+            response = staff.get(step_url(step))
+        assert response.status_code == 200
+        return len(queries), response.content.decode()
+
+    two, page = queries_for(2)
+    assert re.search(r"33 %.*67 %", page, re.S)  # weights 1 and 2
+    six, page = queries_for(6)
+    assert six == two
+    assert "5 %" in page and "29 %" in page  # weights 1 and 6 of 21
