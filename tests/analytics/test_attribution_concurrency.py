@@ -119,3 +119,45 @@ def test_overlapping_runs_attribute_each_order_once(transactional_db):
     assert set(Conversion.objects.values_list("model", flat=True)) == {AttributionModel.CLICK}
     assert Influence.objects.count() == orders
     assert set(Influence.objects.values_list("model", flat=True)) == {AttributionModel.OPEN}
+
+
+def test_a_second_task_returns_at_once_while_a_run_holds_the_lock(transactional_db):
+    """The lock is held by another session (a thread with its own connection), as a running
+    task holds it; the task returns without attributing, then runs once it is free."""
+    import threading
+
+    from django.db import connections
+
+    from omnichannel.analytics.tasks import attribute_orders_task, attribution_lock
+
+    profile = CustomerProfile.objects.create()
+    Event.objects.create(
+        type=EventType.ORDER_PLACED,
+        profile=profile,
+        occurred_at=datetime.now(UTC) - timedelta(hours=1),
+        amount=Decimal("10.00"),
+        currency="GBP",
+    )
+    holding, release = threading.Event(), threading.Event()
+    held = []
+
+    def first_run() -> None:
+        try:
+            with attribution_lock() as acquired:
+                held.append(acquired)
+                holding.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    try:
+        assert holding.wait(30) and held == [True]
+        assert attribute_orders_task() == {"skipped": 1}
+        assert not Conversion.objects.exists()
+    finally:
+        release.set()
+        thread.join(30)
+
+    assert attribute_orders_task()["attributed"] == 1

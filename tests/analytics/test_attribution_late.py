@@ -275,3 +275,19 @@ def test_the_backends_say_whether_they_report_deliveries():
     reports = {name: channel.reports_deliveries for name, channel in get_channels().items()}
     assert reports["email"] and reports["sms"]
     assert not reports["push"] and not reports["webpush"] and not reports["telegram"]
+
+
+def test_the_task_skips_while_the_lock_is_held_on_any_database():
+    """In one session: the cache lock on SQLite; on PostgreSQL the advisory lock is the
+    session's own (re-entrant), so the PostgreSQL case runs in
+    test_attribution_concurrency.py with a second session."""
+    from omnichannel.analytics.tasks import attribute_orders_task, attribution_lock
+
+    order(person(), at=RUN_AT)
+    with attribution_lock() as acquired:
+        assert acquired
+        if connection.vendor != "postgresql":
+            assert attribute_orders_task() == {"skipped": 1}
+    assert attribute_orders_task()["attributed"] == 1
+    with attribution_lock() as again:  # released
+        assert again
