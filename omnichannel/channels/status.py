@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from ..signals import message_status_changed
 from .models import OUTCOMES, PROGRESS, Message, MessageStatus, MessageStatusChange
@@ -44,9 +45,10 @@ def record_status(
 ) -> Message:
     """Add a report about ``message``; returns the updated message.
 
-    ``at`` is when it happened (a provider's timestamp), ``now`` when we learnt it. The
-    ``<status>_at`` column keeps the earliest report of each status, so a replayed or late
-    webhook changes nothing but the history.
+    ``at`` is when it happened (a provider's timestamp), ``now`` when we learnt it (the
+    clock's time unless given: a late report must not be dated back to ``at``, or the
+    attribution's re-checks would not see it). The ``<status>_at`` column keeps the earliest
+    report of each status, so a replayed or late webhook changes nothing but the history.
     """
     if status not in MessageStatus.values:
         raise ValueError(f"unknown message status {status!r}")
@@ -71,7 +73,7 @@ def record_status(
             message=locked,
             status=status,
             occurred_at=at,
-            recorded_at=now or at,
+            recorded_at=now or timezone.now(),
             source=source[:64],
             detail=detail or {},
         )

@@ -971,14 +971,14 @@ class DaySimulation:
         from omnichannel.channels.models import MessageStatus
         from omnichannel.channels.status import record_status
 
-        record_status(message, MessageStatus.OPENED, at=at, source="simulation")
+        record_status(message, MessageStatus.OPENED, at=at, now=at, source="simulation")
         self.activity["noticed"] += 1
 
     def _click(self, message: Any, at: datetime, buys: bool) -> None:
         from omnichannel.channels.models import MessageStatus
         from omnichannel.channels.status import record_status
 
-        record_status(message, MessageStatus.CLICKED, at=at, source="simulation")
+        record_status(message, MessageStatus.CLICKED, at=at, now=at, source="simulation")
         self.activity["clicked"] += 1
         if message.channel in TAP_CHANNELS:
             self.activity["noticed"] += 1
