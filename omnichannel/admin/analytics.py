@@ -136,7 +136,8 @@ class ConversionAdmin(ReadOnlyMixin, admin.ModelAdmin):
         ("ordered_at", admin.DateFieldListFilter),
         ProfileFilter,
     )
-    list_select_related = ("campaign", "step", "variant", "order_event", "order")
+    # The variant shows as "step: name": its step too, or one query per row.
+    list_select_related = ("campaign", "step", "variant__step", "order_event", "order")
     search_fields = ("=order__number", "=order_event__payload__number")
     search_help_text = _("Oscar order number or offline receipt number (exact).")
     date_hierarchy = "ordered_at"

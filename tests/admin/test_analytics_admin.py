@@ -16,8 +16,8 @@ from django.urls import reverse
 
 from omnichannel.analytics.attribution import attribute_orders
 from omnichannel.analytics.models import Conversion
-from omnichannel.campaigns.models import Campaign, CampaignStatus, Step
-from omnichannel.channels.models import Message, MessageStatus
+from omnichannel.campaigns.models import Campaign, CampaignStatus, Step, Variant
+from omnichannel.channels.models import Message, MessageStatus, MessageStatusChange
 from omnichannel.profiles.models import CustomerProfile, Event, EventSource, EventType
 
 pytestmark = pytest.mark.django_db
@@ -27,32 +27,46 @@ HOUR = timedelta(hours=1)
 CHANGELIST = "admin:omnichannel_conversion_changelist"
 
 
-def history(number: str, *, clicked: bool = True, source: str = EventSource.WEB) -> Conversion:
+def history(
+    number: str,
+    *,
+    clicked: bool = True,
+    source: str = EventSource.WEB,
+    with_variant: bool = False,
+) -> Conversion:
     """An order (with receipt ``number``) after an SMS delivery and, if ``clicked``, a click on
-    a campaign email."""
+    a campaign email (of a step's variant if ``with_variant``)."""
     profile = CustomerProfile.objects.create(first_name="Ada")
     campaign = Campaign.objects.create(
         name=f"Reminder {number}", trigger="welcome", status=CampaignStatus.ACTIVE
     )
     step = Step.objects.create(campaign=campaign, position=1, channel="email", template="welcome")
+    variant = Variant.objects.create(step=step, name=f"B {number}") if with_variant else None
     if clicked:
-        Message.objects.create(
+        email = Message.objects.create(
             profile=profile,
             channel="email",
             purpose="marketing",
             subject=f"Your basket {number}",
             campaign=campaign,
             step=step,
+            variant=variant,
             status=MessageStatus.CLICKED,
             clicked_at=ORDER_AT - HOUR,
         )
-    Message.objects.create(
+        MessageStatusChange.objects.create(
+            message=email, status=MessageStatus.CLICKED, occurred_at=ORDER_AT - HOUR
+        )
+    sms = Message.objects.create(
         profile=profile,
         channel="sms",
         purpose="marketing",
         subject="Last chance",
         status=MessageStatus.DELIVERED,
         delivered_at=ORDER_AT - 2 * HOUR,
+    )
+    MessageStatusChange.objects.create(
+        message=sms, status=MessageStatus.DELIVERED, occurred_at=ORDER_AT - 2 * HOUR
     )
     event = Event.objects.create(
         type=EventType.ORDER_PLACED,
@@ -119,12 +133,13 @@ def test_conversions_cannot_be_added_changed_or_deleted(admin_client):
 
 def test_the_list_costs_the_same_queries_for_more_rows(admin_client):
     url = reverse(CHANGELIST)
-    history("W-4")
+    history("W-4", with_variant=True)
     admin_client.get(url)  # warm caches (content types, sessions)
     with CaptureQueriesContext(connection) as few:
         assert admin_client.get(url).status_code == 200
     for index in range(5):
-        history(f"W-5{index}")
+        history(f"W-5{index}", with_variant=True)
+        history(f"W-6{index}")
     with CaptureQueriesContext(connection) as more:
         assert admin_client.get(url).status_code == 200
     assert len(more) == len(few)
