@@ -39,6 +39,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
             )
     problems.extend(_check_sqlite())
     problems.extend(_check_channels())
+    from .analytics.checks import check_attribution_settings
+
+    problems.extend(check_attribution_settings())
     if MIDDLEWARE_PATH not in getattr(settings, "MIDDLEWARE", []):
         problems.append(
             Warning(
