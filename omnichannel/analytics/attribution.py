@@ -633,7 +633,7 @@ def _recheck_candidates(
 
 def _recheck_batch(event_ids: list[int], *, rules: AttributionRules, now: datetime) -> int:
     """Recompute the conversions of ``event_ids`` in place; return how many changed."""
-    with transaction.atomic():
+    with _one_snapshot():
         # The statements below name the conversions by primary key: a plan that does not
         # depend on the table's statistics (stale right after a backfill filled it).
         pks = list(

@@ -14,6 +14,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from omnichannel.analytics.attribution import (
     REPORT_COMMIT_MARGIN,
@@ -291,3 +292,25 @@ def test_the_task_skips_while_the_lock_is_held_on_any_database():
     assert attribute_orders_task()["attributed"] == 1
     with attribution_lock() as again:  # released
         assert again
+
+
+def _late_clicks(count: int, *, recorded: object) -> None:
+    """``count`` orders attributed to nothing, then each one's email reported clicked."""
+    emails = []
+    for _ in range(count):
+        someone = person()
+        order(someone)
+        emails.append(message(someone))
+    attribute_orders(now=recorded - HOUR / 2)
+    for email in emails:
+        record_status(email, MessageStatus.CLICKED, at=ORDER_AT - HOUR, now=recorded)
+
+
+def test_a_recheck_batch_costs_the_same_queries_whatever_its_size():
+    _late_clicks(2, recorded=RUN_AT + HOUR)
+    with CaptureQueriesContext(connection) as small:
+        assert attribute_orders(now=RUN_AT + 2 * HOUR, batch_size=100).changed == 2
+    _late_clicks(20, recorded=RUN_AT + 3 * HOUR)
+    with CaptureQueriesContext(connection) as large:
+        assert attribute_orders(now=RUN_AT + 4 * HOUR, batch_size=100).changed == 20
+    assert len(large) == len(small)
