@@ -882,8 +882,9 @@ def _uplift_how(report: CampaignReport | None) -> str:
     )
     return gettext(
         "People enrolled in the period, each followed for the campaign's conversion window "
-        "(%(window)s); every order of theirs counts, attributed or not, so the holdout shows "
-        "what the campaign changed. Intervals at %(confidence)s%% confidence."
+        "(%(window)s) from their enrollment, or for a variant of a later step from when they "
+        "reached that step; every order of theirs counts, attributed or not, so the holdout "
+        "shows what the campaign changed. Intervals at %(confidence)s%% confidence."
     ) % {"window": length, "confidence": f"{report.uplift.confidence * 100:g}"}
 
 
