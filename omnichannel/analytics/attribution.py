@@ -5,21 +5,25 @@ It goes to at most one message of that person: the last one clicked within the c
 before the order, else the last one opened within the open window, else the last one
 delivered within the delivery window on a channel that reports no opens. A window is
 ``[ordered_at - window, ordered_at)``: its start counts, the order's own instant does not.
+Times come from the messages' reports (``MessageStatusChange``): per kind, the latest one
+before the order inside its window (``Message.clicked_at`` and co. hold the earliest). On a
+channel whose backend reports no deliveries, the ``sent`` report counts as the delivery.
 Every other message that touched the order within the windows is kept as an ``Influence``.
 
 A run has two passes, both set-based and batched by ``ATTRIBUTION_BATCH_SIZE``:
 
-* **New orders** get their ``Conversion`` (model "none" when nothing touched them) with one
-  ``INSERT ... SELECT`` for the conversions and one for the influences; ``ON CONFLICT DO
-  NOTHING`` on the one-conversion-per-order constraint makes a repeated or concurrent run
-  harmless.
 * **Re-checks**: conversions whose answer may have changed since ``attributed_at`` (the time
-  they were last computed): a click, open or delivery of the person's messages that happened
-  within the windows before the order was *recorded* after that time (a late webhook, a click
-  on an old email), or the person's profile absorbed another one since (a merge brings that
-  person's messages and orders). They are recomputed with the same SQL; changed rows are
-  updated in place, their influences replaced, and ``attributed_at`` moves to the run's time,
-  so the next run does not look at them again.
+  they were last computed): a report about one of the person's messages that happened within
+  the windows before the order was *recorded* after that time (a late webhook, a click on an
+  old email), or the person's profile absorbed another one since (a merge brings that
+  person's messages and orders). Reports are read from the ``AttributionState`` bookmark on,
+  which moves only after a complete pass without ``since`` and without failures. Changed rows
+  are updated in place, their influences replaced, and ``attributed_at`` moves to the run's
+  time.
+* **New orders** get their ``Conversion`` (model "none" when nothing touched them) with one
+  ``INSERT ... SELECT`` for the conversions and one for the influences (one snapshot:
+  REPEATABLE READ on PostgreSQL); ``ON CONFLICT DO NOTHING`` on the one-conversion-per-order
+  constraint makes a repeated or concurrent run harmless.
 
 See docs/analytics.md, section "Attribution".
 """
