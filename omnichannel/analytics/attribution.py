@@ -69,6 +69,9 @@ BATCH_RETRIES = 2
 #: PostgreSQL's SQLSTATE of a REPEATABLE READ transaction that lost to a concurrent one.
 SERIALIZATION_FAILURE = "40001"
 
+#: The condition of the partial index oc_msg_history_engagement, as its migration says it.
+ENGAGEMENT_REPORTS = ["delivered", "opened", "clicked"]
+
 #: The one AttributionState row.
 STATE_PK = 1
 
@@ -333,10 +336,12 @@ def _touches(orders: _Sql, rules: AttributionRules, *, keep_untouched: bool = Fa
         + _Sql.join(", ", latest)
         + " FROM ("
         + orders
-        # The reports joined to the profile's messages first; the range on occurred_at uses
-        # the (message, occurred_at) index of the history.
-        + f") o {join} ({_table(Message)} m JOIN {_table(MessageStatusChange)} h "
-        "ON h.message_id = m.id) ON m.profile_id = o.profile_id "
+        # Plain joins, message then report (a parenthesised "m JOIN h" is materialised whole
+        # by SQLite); the range on occurred_at uses the history's (message, occurred_at) index.
+        # With ``keep_untouched`` both are LEFT joins: an order keeps one row per message of
+        # its profile (or one without message), untouched rows have no kind's time.
+        + f") o {join} {_table(Message)} m ON m.profile_id = o.profile_id "
+        f"{join} {_table(MessageStatusChange)} h ON h.message_id = m.id "
         "AND h.occurred_at >= o.first_from AND h.occurred_at < o.ordered_at AND ("
         + _Sql.join(" OR ", conditions)
         + f") GROUP BY {order_columns}"
@@ -345,13 +350,18 @@ def _touches(orders: _Sql, rules: AttributionRules, *, keep_untouched: bool = Fa
     latest_times = [f"g.{touch.kind}_at" for touch in touches]
     # In rank order: the strongest kind's time (SQLite's COALESCE wants two arguments).
     touched_at = f"COALESCE({', '.join(latest_times)})" if len(touches) > 1 else latest_times[0]
+    touched = f"{touched_at} IS NOT NULL"
+    # A message that did not touch the order (kept by the LEFT joins) shows as no message.
+    message_columns = ", ".join(
+        f"CASE WHEN {touched} THEN g.{column} END AS {column}"
+        for column in ("message_id", "campaign_id", "step_id", "variant_id", "channel")
+    )
     return (
         _Sql(
             "SELECT g.event_id AS event_id, g.profile_id AS profile_id, "
             "g.ordered_at AS ordered_at, g.order_id AS order_id, g.amount AS amount, "
-            f"g.currency AS currency, g.message_id AS message_id, CASE {rank} END AS touch_rank, "
-            f"{touched_at} AS touched_at, g.campaign_id AS campaign_id, "
-            "g.step_id AS step_id, g.variant_id AS variant_id, g.channel AS channel FROM ("
+            f"g.currency AS currency, CASE {rank} END AS touch_rank, "
+            f"{touched_at} AS touched_at, {message_columns} FROM ("
         )
         + grouped
         + ") g"
@@ -396,7 +406,9 @@ def _attributions(where: _Sql, rules: AttributionRules) -> _Sql:
             "t.campaign_id AS campaign_id, t.step_id AS step_id, t.variant_id AS variant_id, "
             "COALESCE(t.channel, '') AS channel, t.touched_at AS touched_at, "
             "ROW_NUMBER() OVER (PARTITION BY t.event_id "
-            "ORDER BY t.touch_rank, t.touched_at DESC, t.message_id DESC) AS place FROM ("
+            # Untouched rows last (NULL sorts first on SQLite, last on PostgreSQL).
+            "ORDER BY COALESCE(t.touch_rank, 99), t.touched_at DESC, t.message_id DESC) "
+            "AS place FROM ("
         )
         + _touches(_orders(where, rules), rules, keep_untouched=True)
         + ") t) ranked WHERE place = 1"
@@ -579,8 +591,10 @@ def _late_report_candidates(
     found: set[int] = set()
     statuses = sorted({touch.status for touch in rules.touches})
     if statuses:
-        # Through the partial index of engagement reports by recorded_at.
-        found.update(scan(MessageStatusChange.objects.filter(status__in=statuses)))
+        # Through the partial index of engagement reports by recorded_at: its condition
+        # repeated word for word, which SQLite needs to use it.
+        engagement = MessageStatusChange.objects.filter(status__in=ENGAGEMENT_REPORTS)
+        found.update(scan(engagement.filter(status__in=statuses)))
     sent_touch = rules.sent_touch
     if sent_touch is not None:
         # Sent reports of channels that report no deliveries: our own, recorded as the
