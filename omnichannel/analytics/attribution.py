@@ -279,6 +279,10 @@ def _orders(where: _Sql, rules: AttributionRules) -> _Sql:
         + _Sql("", [EventType.ORDER_PLACED])
         + where
         + ")"
+        # SQLite would flatten this table into the joins below and compute each window start
+        # (a Python function there) once per report compared instead of once per order: a
+        # LIMIT keeps it a table of its own.
+        + (" LIMIT -1" if connection.vendor == "sqlite" else "")
     )
 
 
