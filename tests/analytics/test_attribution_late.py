@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
@@ -314,3 +315,23 @@ def test_a_recheck_batch_costs_the_same_queries_whatever_its_size():
     with CaptureQueriesContext(connection) as large:
         assert attribute_orders(now=RUN_AT + 4 * HOUR, batch_size=100).changed == 20
     assert len(large) == len(small)
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite compares UTC text dates: no time zones"
+)
+def test_windows_are_seconds_even_in_a_session_time_zone_with_a_dst_change():
+    # The UK moved its clocks forward on 2026-03-29: "5 days" before 2026-03-30 10:00 BST in
+    # calendar days is 2026-03-25 10:00 GMT, an hour too late. The window is 5 x 86,400 s.
+    ordered = datetime(2026, 3, 30, 9, 0, tzinfo=UTC)
+    ada = person()
+    edge = message(ada, clicked=ordered - 5 * DAY)
+    placed = order(ada, at=ordered)
+    with connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'Europe/London'")
+    try:
+        attribute_orders(now=ordered + HOUR)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+    assert attribution(placed) == (AttributionModel.CLICK, edge.pk)
