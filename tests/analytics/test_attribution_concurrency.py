@@ -161,3 +161,21 @@ def test_a_second_task_returns_at_once_while_a_run_holds_the_lock(transactional_
         thread.join(30)
 
     assert attribute_orders_task()["attributed"] == 1
+
+
+def test_a_batch_reads_one_snapshot(transactional_db):
+    """Outside any transaction (as in a worker) a batch runs at REPEATABLE READ, so its two
+    INSERTs read the same messages; inside an outer one it keeps that one's level."""
+    from django.db import transaction
+
+    from omnichannel.analytics.attribution import _one_snapshot
+
+    def level() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW transaction_isolation")
+            return cursor.fetchone()[0]
+
+    with _one_snapshot():
+        assert level() == "repeatable read"
+    with transaction.atomic(), _one_snapshot():
+        assert level() == "read committed"
