@@ -119,12 +119,17 @@ def sent_counts_channels(names: Sequence[str]) -> tuple[str, ...]:
     """Those of ``names`` whose backend reports no deliveries (``reports_deliveries``):
     their ``sent`` report counts as the delivery. A name no channel is configured under
     counts ``delivered`` reports only (the system check warns about it)."""
-    from ..channels.registry import get_channels
+    from ..channels.registry import get_channel
 
-    channels = get_channels()
-    return tuple(
-        name for name in names if name in channels and not channels[name].reports_deliveries
-    )
+    counted = []
+    for name in names:
+        try:
+            channel = get_channel(name)
+        except ConfigurationError:  # not configured, or another's bad settings: not ours
+            continue
+        if not channel.reports_deliveries:
+            counted.append(name)
+    return tuple(counted)
 
 
 @dataclass(frozen=True)
@@ -704,7 +709,9 @@ def _with_retries(work: Callable[[], int], result: AttributionResult, what: str)
         except OperationalError as exc:
             # REPEATABLE READ: another run committed the same orders' conversions after this
             # batch's snapshot (PostgreSQL's serialization failure); the retry sees them.
-            if getattr(exc.__cause__, "sqlstate", None) != SERIALIZATION_FAILURE:
+            cause = exc.__cause__
+            code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+            if code != SERIALIZATION_FAILURE:
                 raise
             logger.info("attribution: %s met a concurrent run (try %s)", what, attempt + 1)
     result.failed_batches += 1
