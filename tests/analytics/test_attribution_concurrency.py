@@ -125,7 +125,9 @@ def test_a_second_task_returns_at_once_while_a_run_holds_the_lock(transactional_
     """The lock is held by another session (a thread with its own connection), as a running
     task holds it; the task returns without attributing, then runs once it is free."""
     import threading
+    from io import StringIO
 
+    from django.core.management import CommandError, call_command
     from django.db import connections
 
     from omnichannel.analytics.tasks import attribute_orders_task, attribution_lock
@@ -155,6 +157,8 @@ def test_a_second_task_returns_at_once_while_a_run_holds_the_lock(transactional_
     try:
         assert holding.wait(30) and held == [True]
         assert attribute_orders_task() == {"skipped": 1}
+        with pytest.raises(CommandError, match="in progress"):
+            call_command("omnichannel_attribute_orders", stdout=StringIO())
         assert not Conversion.objects.exists()
     finally:
         release.set()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -335,3 +335,16 @@ def test_windows_are_seconds_even_in_a_session_time_zone_with_a_dst_change():
         with connection.cursor() as cursor:
             cursor.execute("SET TIME ZONE 'UTC'")
     assert attribution(placed) == (AttributionModel.CLICK, edge.pk)
+
+
+def test_the_command_refuses_to_run_while_the_lock_is_held():
+    from omnichannel.analytics.tasks import attribution_lock
+
+    order(person(), at=RUN_AT)
+    if connection.vendor == "postgresql":
+        pytest.skip("the advisory lock is re-entrant in one session: see the concurrency tests")
+    with attribution_lock(), pytest.raises(CommandError, match="in progress"):
+        call_command("omnichannel_attribute_orders", stdout=StringIO())
+    assert not Conversion.objects.exists()
+    call_command("omnichannel_attribute_orders", stdout=StringIO())
+    assert Conversion.objects.count() == 1

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from ...analytics.attribution import attribute_orders, rebuild_attribution
+from ...analytics.tasks import attribution_lock
 from ...conf import app_settings
 
 
@@ -67,7 +68,13 @@ class Command(BaseCommand):
             raise CommandError(f"--batch-size must be at least 1, not {batch_size}")
         started = time.monotonic()
         run = rebuild_attribution if options["rebuild"] else attribute_orders
-        result = run(now=timezone.now(), since=since, batch_size=batch_size)
+        with attribution_lock() as acquired:
+            if not acquired:
+                raise CommandError(
+                    "Another attribution run (the periodic task or this command) is in "
+                    "progress; run this again when it has finished."
+                )
+            result = run(now=timezone.now(), since=since, batch_size=batch_size)
         self.stdout.write(
             f"{result.attributed} orders attributed, {result.rechecked} re-checked "
             f"({result.changed} changed) in {result.batches} batches, "
