@@ -43,7 +43,12 @@ from django.db import IntegrityError, OperationalError, connection, models, tran
 from django.db.models import Exists, F, Min, OuterRef
 from django.utils import timezone
 
-from ..channels.models import Message, MessageStatus, MessageStatusChange
+from ..channels.models import (
+    ATTRIBUTION_REPORT_STATUSES,
+    Message,
+    MessageStatus,
+    MessageStatusChange,
+)
 from ..conf import app_settings
 from ..exceptions import ConfigurationError
 from ..profiles.models import Event, EventType, ProfileMerge
@@ -70,7 +75,7 @@ BATCH_RETRIES = 2
 SERIALIZATION_FAILURE = "40001"
 
 #: The condition of the partial index oc_msg_history_engagement, as its migration says it.
-ENGAGEMENT_REPORTS = ["delivered", "opened", "clicked"]
+ENGAGEMENT_REPORTS = ATTRIBUTION_REPORT_STATUSES
 
 #: The one AttributionState row.
 STATE_PK = 1
@@ -610,7 +615,7 @@ def _late_report_candidates(
         # provider accepts a message; late only by a send run's length.
         found.update(
             scan(
-                MessageStatusChange.objects.filter(
+                MessageStatusChange.objects.filter(status__in=ENGAGEMENT_REPORTS).filter(
                     status=MessageStatus.SENT, message__channel__in=sent_touch.sent_channels
                 )
             )

@@ -253,6 +253,10 @@ class Message(models.Model):
         return self.opened_at is not None or self.clicked_at is not None
 
 
+#: The reports the attribution job re-checks orders after (``oc_msg_history_engagement``).
+ATTRIBUTION_REPORT_STATUSES = ["sent", "delivered", "opened", "clicked"]
+
+
 class MessageStatusChange(models.Model):
     """One report about a message: our own (queued, sent) or a provider's (delivered, opened)."""
 
@@ -276,12 +280,13 @@ class MessageStatusChange(models.Model):
         ordering = ["occurred_at", "id"]
         indexes = [
             models.Index(fields=["message", "occurred_at"], name="oc_msg_history"),
-            # Attribution re-checks orders after late engagement reports: the reports recorded
-            # since its last run. Only engagement is indexed; the hot queued/sent rows are not.
+            # Attribution re-checks orders after late reports: those recorded since its last
+            # run. Only the reports it reads are indexed (sent counts as delivered on channels
+            # without delivery reports); the queued rows the engine writes in bulk are not.
             models.Index(
                 fields=["recorded_at"],
                 name="oc_msg_history_engagement",
-                condition=Q(status__in=["delivered", "opened", "clicked"]),
+                condition=Q(status__in=ATTRIBUTION_REPORT_STATUSES),
             ),
         ]
 
