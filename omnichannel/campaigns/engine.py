@@ -900,9 +900,9 @@ def _insert_messages_in_one_statement(
             "next_attempt_at": ("%s", [at]),
         }
     )
-    insert_message, message_params = _insert_head(Message, given)
+    insert_message, message_params = insert_select_head(Message, given)
     history = _queued(0, now)
-    insert_history, history_params = _insert_head(
+    insert_history, history_params = insert_select_head(
         MessageStatusChange,
         {
             "message": ("created.id", []),
@@ -955,7 +955,7 @@ def _insert_rows_in_one_statement(model: type[Model], objects: Sequence[Model]) 
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     rows = [{f.name: getattr(obj, f.attname) for f in fields} for obj in objects]
     source, source_params, given = _unnest_source(model, rows)
-    insert, params = _insert_head(model, given)
+    insert, params = insert_select_head(model, given)
     with connection.cursor() as cursor:
         cursor.execute(f"{insert} FROM {source}", [*params, *source_params])
 
@@ -991,7 +991,7 @@ def _prepared(model: type[Model], name: str, value: Any) -> Any:
     return model._meta.get_field(name).get_db_prep_save(value, connection)
 
 
-def _insert_head(
+def insert_select_head(
     model: type[Model], given: dict[str, tuple[str, list[Any]]]
 ) -> tuple[str, list[Any]]:
     """``INSERT INTO <model> (<columns>) SELECT <expressions>`` and its parameters.

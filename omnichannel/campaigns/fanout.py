@@ -72,7 +72,7 @@ from ..channels.registry import get_channels
 from ..conf import app_settings
 from ..exceptions import ConfigurationError
 from ..profiles.models import CustomerProfile, Purpose
-from .engine import NOT_A_CONTACT, next_hour, quiet_hours_end, shop_zone
+from .engine import NOT_A_CONTACT, insert_select_head, next_hour, quiet_hours_end, shop_zone
 from .groups import BUCKETS, HOLDOUT_SALT, VARIANT_SALT, bucket_expression
 from .models import (
     BEST_CHANNEL,
@@ -397,38 +397,10 @@ def _insert_select(
     model: type[Model], given: dict[str, tuple[str, list[Any]]], source: str, params: list[Any]
 ) -> int:
     """``INSERT INTO <model> (...) SELECT ... <source> ON CONFLICT DO NOTHING``; the rows added."""
-    insert, values = _insert_head(model, given)
+    insert, values = insert_select_head(model, given)
     with connection.cursor() as cursor:
         cursor.execute(f"{insert} {source} ON CONFLICT DO NOTHING", [*values, *params])
         return max(cursor.rowcount, 0)
-
-
-def _insert_head(
-    model: type[Model], given: dict[str, tuple[str, list[Any]]]
-) -> tuple[str, list[Any]]:
-    """``INSERT INTO <model> (<columns>) SELECT <expressions>`` and its parameters.
-
-    ``given`` maps field names to (SQL, params); every other column gets its field default (as
-    a parameter) or NULL, so the statement keeps working when the model gains a column.
-    """
-    columns, expressions, values = [], [], []
-    for model_field in model._meta.concrete_fields:
-        if model_field.name in given:
-            sql, sql_params = given[model_field.name]
-        elif model_field.primary_key:
-            continue
-        elif model_field.null and not model_field.has_default():
-            sql, sql_params = "NULL", []
-        else:
-            default = model_field.get_default()  # "" for text fields without a default
-            if default is None:
-                raise ConfigurationError(f"{model.__name__}.{model_field.name} needs a value")
-            sql, sql_params = "%s", [model_field.get_db_prep_save(default, connection)]
-        columns.append(connection.ops.quote_name(model_field.column))
-        expressions.append(sql)
-        values.extend(sql_params)
-    table = connection.ops.quote_name(model._meta.db_table)
-    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(expressions)}", values
 
 
 def _const(value: Any) -> tuple[str, list[Any]]:
@@ -821,7 +793,7 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
         enrollment.update(
             _direct_enrollment_fields(plan, enrollment, reached="r.fo_id IS NOT NULL")
         )
-    insert, insert_params = _insert_head(Enrollment, enrollment)
+    insert, insert_params = insert_select_head(Enrollment, enrollment)
     ctes.append(
         f"en AS ({insert} {source} WHERE 1 = 1 ON CONFLICT DO NOTHING "
         "RETURNING id, profile_id, step_position, last_message_at, holdout)"
@@ -844,14 +816,14 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
     if reachable is not None:
         fields = _message_fields(plan, send_at=("en.last_message_at", []))
         fields["profile"] = ("en.profile_id", [])
-        insert, insert_params = _insert_head(Message, fields)
+        insert, insert_params = insert_select_head(Message, fields)
         ctes.append(
             f"ins AS ({insert} FROM en JOIN r ON r.fo_id = en.profile_id "
             "WHERE en.step_position = %s ON CONFLICT DO NOTHING "
             "RETURNING id, enrollment_id, step_id, channel)"
         )
         params += [*insert_params, plan.first_step.position]
-        insert, insert_params = _insert_head(
+        insert, insert_params = insert_select_head(
             MessageStatusChange,
             {
                 "message": ("ins.id", []),
@@ -877,7 +849,7 @@ def _fan_out_chunk_in_one_statement(plan: FanOutPlan, *, after: int, upto: int) 
                     [EnrollmentAction.COMPLETED.value],
                 )
             )
-    insert, insert_params = _insert_head(
+    insert, insert_params = insert_select_head(
         EnrollmentLog,
         {
             "enrollment": ("x.eid", []),
