@@ -1306,7 +1306,7 @@ def held_out(campaign: Campaign, profile: CustomerProfile) -> bool:
     """Whether the person is in the campaign's holdout: by the hash now (what the preview
     says), or by the group stored on an enrollment of theirs (a share changed since moves
     nobody already enrolled)."""
-    if campaign.holdout_percent and is_held_out(profile.pk, campaign):
+    if campaign.holds_out and is_held_out(profile.pk, campaign):
         return True
     return campaign.enrollments.filter(profile=profile, holdout=True).exists()
 
@@ -1317,7 +1317,7 @@ def variant_for(
     """The variant of ``step`` to show (``chosen``, else the person's own) and notes saying
     whether the person is held out and which variant they get."""
     notes: list[str] = []
-    if campaign.holdout_percent and is_held_out(profile.pk, campaign):
+    if campaign.holds_out and is_held_out(profile.pk, campaign):
         notes.append(
             gettext(
                 "Held out: this person is in the campaign's holdout (%(percent)s %% of the "

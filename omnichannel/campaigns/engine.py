@@ -684,6 +684,8 @@ def _claim_in_one_statement(
     another tick holds are passed over, never waited for. (``id IN (SELECT ...)`` would be
     planned as a hash semi-join over a sequential scan of every enrollment; the array is read
     once, then the primary key.)"""
+    if limit <= 0:
+        return []
     locked = candidates.select_for_update(skip_locked=True, of=("self",)).values("id")[:limit]
     select_sql, select_params = _sql(locked)
     table = connection.ops.quote_name(Enrollment._meta.db_table)
@@ -708,6 +710,13 @@ OUTCOME_FIELDS = (
     "claimed_by",
     "claim_expires_at",
     "holdout",
+)
+
+
+#: The unique (enrollment, step) index of Message as an ON CONFLICT target (its predicate
+#: repeated, so PostgreSQL infers that index and no other).
+MESSAGE_STEP_CONFLICT = (
+    '("enrollment_id", "step_id") WHERE "enrollment_id" IS NOT NULL AND "step_id" IS NOT NULL'
 )
 
 
@@ -915,7 +924,10 @@ def _insert_messages_in_one_statement(
     with connection.cursor() as cursor:
         cursor.execute(
             # Quoted names; every value is a parameter.
-            f"WITH created AS ({insert_message} FROM {source} ON CONFLICT DO NOTHING "  # noqa: S608
+            # The conflict named: only "this step of this enrollment exists" is passed over;
+            # any other unique column in conflict is an error, never a silently lost message.
+            f"WITH created AS ({insert_message} FROM {source} "  # noqa: S608
+            f"ON CONFLICT {MESSAGE_STEP_CONFLICT} DO NOTHING "
             "RETURNING id, enrollment_id), "
             f"history AS ({insert_history} FROM created) "
             "SELECT enrollment_id, id FROM created",
@@ -980,7 +992,12 @@ def _unnest_source(
                 values = [row[name] for row in rows]  # psycopg adapts these as they are
             else:
                 values = [model_field.get_db_prep_save(row[name], connection) for row in rows]
-            arrays.append(f"%s::{model_field.db_type(connection)}[]")
+            db_type = model_field.db_type(connection)
+            # Text as text[]: a varchar(n)[] cast would cut a value that is too long without a
+            # word; the column itself refuses it, as an INSERT of the value would.
+            if db_type.startswith("varchar"):
+                db_type = "text"
+            arrays.append(f"%s::{db_type}[]")
         columns.append(column)
         params.append(values)
         given[name] = (f"v.{column}", [])
@@ -1129,8 +1146,15 @@ def tick(
     from .enrolling import scan_triggers
     from .fanout import launch_due_mass_campaigns
 
-    size = int(batch_size or app_settings.CAMPAIGN_BATCH_SIZE)
-    batches = int(max_batches or app_settings.CAMPAIGN_MAX_BATCHES_PER_TICK)
+    size = int(app_settings.CAMPAIGN_BATCH_SIZE if batch_size is None else batch_size)
+    batches = int(
+        app_settings.CAMPAIGN_MAX_BATCHES_PER_TICK if max_batches is None else max_batches
+    )
+    if size < 1 or batches < 1:
+        raise ConfigurationError(
+            "the campaign batch size and batches per tick must be at least 1, "
+            f"not {size} and {batches} (CAMPAIGN_BATCH_SIZE, CAMPAIGN_MAX_BATCHES_PER_TICK)"
+        )
     total = TickResult()
     total.enrolled = scan_triggers(now=now)
     launch_due_mass_campaigns(now=now)
@@ -1197,7 +1221,7 @@ def explain(campaign: Campaign, profile: CustomerProfile, *, now: datetime) -> D
             campaign=campaign,
             profile=profile,
             enrolled_at=now,
-            holdout=bool(campaign.holdout_percent) and is_held_out(profile.pk, campaign),
+            holdout=campaign.holds_out and is_held_out(profile.pk, campaign),
         )
     planner = Planner([enrollment], now=now)
     if fresh:

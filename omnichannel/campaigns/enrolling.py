@@ -198,7 +198,7 @@ def _insert(campaign: Campaign, specs: list[EnrollmentSpec], *, now: datetime) -
     # The holdout is decided here, for everyone enrolled, not when the first step comes due:
     # people who buy before that must count in their own arm, or the holdout would keep only
     # those who did not buy early and the uplift would look better than it is.
-    holding_out = campaign.holdout_percent > 0
+    holding_out = campaign.holds_out
     Enrollment.objects.bulk_create(
         [
             Enrollment(

@@ -164,6 +164,8 @@ class FanOutPlan:
     @property
     def holdout_below(self) -> int:
         """People whose holdout bucket is below this are held out (0: no holdout)."""
+        if not self.campaign.holds_out:
+            return 0
         return self.campaign.holdout_percent * (BUCKETS // 100)
 
     @property

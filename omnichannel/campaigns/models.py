@@ -219,8 +219,17 @@ class Campaign(models.Model):
             errors["ends_at"] = _("The end must be after the start.")
         if self.audience_id and self.audience_id == self.exclusion_id:
             errors["exclusion"] = _("The exclusion segment cannot be the audience.")
+        if self.holdout_percent and self.purpose != Purpose.MARKETING:
+            errors["holdout_percent"] = _(
+                "Only marketing campaigns can hold people out: a transactional message is owed."
+            )
         if errors:
             raise ValidationError(errors)
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether this campaign holds out part of its people (marketing campaigns only)."""
+        return bool(self.holdout_percent) and self.purpose == Purpose.MARKETING
 
     def is_live(self, now) -> bool:  # type: ignore[no-untyped-def]
         """Active and inside its window at ``now``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 
@@ -30,6 +31,7 @@ from omnichannel.campaigns.models import (
 from omnichannel.channels.models import Message, MessageStatus
 from omnichannel.channels.status import record_status
 from omnichannel.conf import DEFAULTS
+from omnichannel.exceptions import ConfigurationError
 from omnichannel.profiles.consents import record_consent
 from omnichannel.profiles.models import (
     Consent,
@@ -597,3 +599,21 @@ def test_queries_per_batch_stay_flat_with_a_holdout_and_variants():
     few, many = queries_for(3, 0), queries_for(30, 100)
     limit = 0 if connection.vendor == "postgresql" else 2  # SQLite splits wide bulk inserts
     assert many - few <= limit, (few, many)
+
+
+def test_a_batch_size_of_zero_is_refused_with_a_clear_error_on_either_database():
+    enrollment = enroll(campaign(("email", timedelta(0))), person())
+    for size, batches in ((0, None), (None, 0)):
+        with pytest.raises(ConfigurationError, match="CAMPAIGN_BATCH_SIZE"):
+            tick(now=NOON, batch_size=size, max_batches=batches, dispatch=False)
+    assert messages(enrollment) == []
+
+
+def test_a_transactional_campaign_holds_nobody_out():
+    made = campaign(("email", timedelta(0)), purpose="transactional", holdout_percent=50)
+    with pytest.raises(ValidationError) as refused:
+        made.full_clean()
+    assert "Only marketing campaigns can hold people out" in str(refused.value)
+    # Saved around the form all the same: the engine and the preview still hold nobody out.
+    profile = held_out_person(Campaign(pk=made.pk, holdout_percent=50))
+    assert "held out" not in " ".join(explain(made, profile, now=NOON).reasons)

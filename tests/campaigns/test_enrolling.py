@@ -89,6 +89,10 @@ def test_the_holdout_is_decided_when_people_are_enrolled(make_campaign, make_pro
     untested = make_campaign("welcome")
     enroll(untested, [spec(p, "", NOW) for p in people[:5]], now=NOW)
     assert not Enrollment.objects.filter(campaign=untested, holdout=True).exists()
+    # A transactional message is owed: such a campaign holds nobody out, whatever its share.
+    owed = make_campaign("post_purchase", purpose="transactional", holdout_percent=50)
+    enroll(owed, [spec(p, f"order:{p.pk}", NOW) for p in people], now=NOW)
+    assert not Enrollment.objects.filter(campaign=owed, holdout=True).exists()
 
 
 @pytest.mark.parametrize(
