@@ -68,10 +68,9 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Coalesce
-from django.db.models.lookups import LessThan
 from django.utils.translation import gettext as _
 
-from ..campaigns.groups import BUCKETS, VARIANT_SALT, bucket_expression
+from ..campaigns.groups import variant_expression
 from ..campaigns.models import Campaign, Enrollment, EnrollmentLog, Step, Variant
 from ..channels.models import Message
 from ..conf import app_settings
@@ -300,26 +299,6 @@ def _holdout_start(enrollments: QuerySet[Enrollment]) -> datetime | None:
     return first_held
 
 
-def _variant_case(campaign_id: int, variants: Sequence[Variant]) -> Case:
-    """The id of the enrollment's variant among ``variants`` (``groups.pick_variant`` in SQL).
-
-    ``pick_variant`` takes, in pk order, the first variant whose cumulative weight exceeds
-    ``bucket * total // BUCKETS``; for integers that is ``bucket * total < cumulative * BUCKETS``
-    (as ``campaigns.fanout`` does for the first step's messages).
-    """
-    ordered = sorted(variants, key=lambda variant: variant.pk)
-    total = sum(max(variant.weight, 1) for variant in ordered)
-    scaled = ExpressionWrapper(
-        bucket_expression(campaign_id, VARIANT_SALT, profile_field="profile_id") * Value(total),
-        output_field=IntegerField(),
-    )
-    whens, cumulative = [], 0
-    for variant in ordered[:-1]:
-        cumulative += max(variant.weight, 1)
-        whens.append(When(LessThan(scaled, cumulative * BUCKETS), then=Value(variant.pk)))
-    return Case(*whens, default=Value(ordered[-1].pk), output_field=IntegerField())
-
-
 def _variant_rows(
     enrollments: QuerySet[Enrollment],
     step: Step,
@@ -341,7 +320,7 @@ def _variant_rows(
         )
     return enrollments.filter(Q(Exists(message)) | Q(Exists(logged))).annotate(
         arm_a=Value(step.pk, output_field=IntegerField()),
-        arm_b=_variant_case(step.campaign_id, variants),
+        arm_b=variant_expression(step.campaign_id, variants),
         person=F("profile_id"),
         start_at=start,
         window_end=_window_end(start, window),

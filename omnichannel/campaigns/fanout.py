@@ -50,7 +50,6 @@ from django.db.models import (
     Count,
     DateTimeField,
     Exists,
-    ExpressionWrapper,
     F,
     IntegerField,
     Max,
@@ -73,7 +72,7 @@ from ..conf import app_settings
 from ..exceptions import ConfigurationError
 from ..profiles.models import CustomerProfile, Purpose
 from .engine import NOT_A_CONTACT, insert_select_head, next_hour, quiet_hours_end, shop_zone
-from .groups import BUCKETS, HOLDOUT_SALT, VARIANT_SALT, bucket_expression
+from .groups import BUCKETS, HOLDOUT_SALT, bucket_expression, variant_expression
 from .models import (
     BEST_CHANNEL,
     Campaign,
@@ -376,25 +375,6 @@ def _held_out_expression(plan: FanOutPlan) -> Case | Value:
     return Case(When(held, then=Value(True)), default=Value(False), output_field=BooleanField())
 
 
-def _variant_expression(plan: FanOutPlan) -> Case:
-    """The id of the profile row's variant of the first step (``groups.pick_variant`` in SQL).
-
-    ``pick_variant`` takes the first variant whose cumulative weight exceeds
-    ``bucket * total // BUCKETS``; for integers that is ``bucket * total < cumulative * BUCKETS``.
-    """
-    variants = plan.variants
-    total = sum(max(variant.weight, 1) for variant in variants)
-    scaled = ExpressionWrapper(
-        bucket_expression(plan.campaign.pk, VARIANT_SALT, profile_field="pk") * Value(total),
-        output_field=IntegerField(),
-    )
-    whens, cumulative = [], 0
-    for variant in variants[:-1]:
-        cumulative += max(variant.weight, 1)
-        whens.append(When(LessThan(scaled, cumulative * BUCKETS), then=Value(variant.pk)))
-    return Case(*whens, default=Value(variants[-1].pk), output_field=IntegerField())
-
-
 def _insert_select(
     model: type[Model], given: dict[str, tuple[str, list[Any]]], source: str, params: list[Any]
 ) -> int:
@@ -558,7 +538,9 @@ def _reachable(
     reachable = reachable.annotate(fo_id=F("pk"), fo_hour=_bucket_expression(plan))
     columns = ["fo_id", "fo_hour", REACH_ADDRESS, "fo_language"]
     if plan.variants:
-        reachable = reachable.annotate(fo_variant=_variant_expression(plan))
+        reachable = reachable.annotate(
+            fo_variant=variant_expression(plan.campaign.pk, plan.variants, profile_field="pk")
+        )
         columns.append("fo_variant")
         if len(plan.direct_variants) < len(plan.variants):
             reachable = reachable.filter(fo_variant__in=[v.pk for v in plan.direct_variants])

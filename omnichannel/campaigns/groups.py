@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from django.db.models import ExpressionWrapper, F, IntegerField, Value
+from django.db.models import Case, ExpressionWrapper, F, IntegerField, Value, When
 from django.db.models.functions import Mod
+from django.db.models.lookups import LessThan
 
 if TYPE_CHECKING:
     from django.db.models import Expression
@@ -64,3 +65,24 @@ def pick_variant(profile_id: int, campaign_id: int, variants: Sequence[Variant])
         if point < 0:
             return variant
     return ordered[-1]
+
+
+def variant_expression(
+    campaign_id: int, variants: Sequence[Variant], profile_field: str = "profile_id"
+) -> Case:
+    """``pick_variant()`` as an SQL expression: the id of the row's variant among ``variants``.
+
+    ``pick_variant`` takes, in pk order, the first variant whose cumulative weight exceeds
+    ``bucket * total // BUCKETS``; for integers that is ``bucket * total < cumulative * BUCKETS``.
+    """
+    ordered = sorted(variants, key=lambda variant: variant.pk)
+    total = sum(max(variant.weight, 1) for variant in ordered)
+    scaled = ExpressionWrapper(
+        bucket_expression(campaign_id, VARIANT_SALT, profile_field=profile_field) * Value(total),
+        output_field=IntegerField(),
+    )
+    whens, cumulative = [], 0
+    for variant in ordered[:-1]:
+        cumulative += max(variant.weight, 1)
+        whens.append(When(LessThan(scaled, cumulative * BUCKETS), then=Value(variant.pk)))
+    return Case(*whens, default=Value(ordered[-1].pk), output_field=IntegerField())

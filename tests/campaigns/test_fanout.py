@@ -755,7 +755,8 @@ def test_the_sql_groups_equal_the_python_groups_for_any_id():
     )
     plan = fanout.plan_fan_out(campaign, now=NOW)
     rows = CustomerProfile.objects.annotate(
-        held=fanout._held_out_expression(plan), variant=fanout._variant_expression(plan)
+        held=fanout._held_out_expression(plan),
+        variant=groups.variant_expression(campaign.pk, plan.variants, profile_field="pk"),
     ).values_list("pk", "held", "variant")
     found = {pk: (bool(held), variant) for pk, held, variant in rows}
     expected = {
